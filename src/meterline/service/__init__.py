@@ -1,0 +1,1 @@
+"""Generated wire types (see protos/)."""

@@ -1,0 +1,3 @@
+from billing_manager.server import main
+
+main()

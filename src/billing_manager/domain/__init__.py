@@ -1,0 +1,1 @@
+"""Ledger and credential rules, with no I/O."""

@@ -1,0 +1,225 @@
+"""The double-entry ledger's rules: which entries each movement writes, and when a
+movement is allowed. Every transaction's entries sum to zero.
+
+Ledger accounts of one customer account:
+    CUSTOMER_AVAILABLE  funds the customer may still spend
+    CUSTOMER_HELD       funds under open credit holds
+and the house's:
+    FUNDING             where prepaid funds come from (goes negative as they come in)
+    REVENUE             captured charges
+
+balance = AVAILABLE + HELD = funded - captured;  available = AVAILABLE = balance - held.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from datetime import datetime
+
+from meterline.kernel import money
+from meterline.kernel.errors import InsufficientFunds, InvalidArgument
+
+MAX_IDEMPOTENCY_KEY_LENGTH = 200
+MAX_DISPLAY_NAME_LENGTH = 200
+
+
+class LedgerAccount(enum.StrEnum):
+    CUSTOMER_AVAILABLE = "CUSTOMER_AVAILABLE"
+    CUSTOMER_HELD = "CUSTOMER_HELD"
+    FUNDING = "FUNDING"
+    REVENUE = "REVENUE"
+
+
+class TransactionKind(enum.StrEnum):
+    FUND = "FUND"
+    RESERVE = "RESERVE"
+    CAPTURE = "CAPTURE"
+    RELEASE = "RELEASE"
+
+
+class AccountStatus(enum.StrEnum):
+    ACTIVE = "ACTIVE"
+    SUSPENDED = "SUSPENDED"
+
+
+class HoldStatus(enum.StrEnum):
+    OPEN = "OPEN"
+    CAPTURED = "CAPTURED"
+    RELEASED = "RELEASED"
+
+
+Entry = tuple[LedgerAccount, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Account:
+    account_id: str
+    display_name: str
+    currency: str
+    credit_limit_micros: int
+    status: AccountStatus
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Balances:
+    available_micros: int
+    held_micros: int
+
+    @property
+    def balance_micros(self) -> int:
+        return money.add(self.available_micros, self.held_micros)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountView:
+    account: Account
+    balances: Balances
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    hold_id: str
+    account_id: str
+    amount_micros: int
+    captured_micros: int
+    released_micros: int
+    status: HoldStatus
+    reference: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Transaction:
+    transaction_id: str
+    kind: TransactionKind
+    account_id: str
+    amount_micros: int
+    idempotency_key: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerLine:
+    entry_id: int
+    transaction_id: str
+    kind: TransactionKind
+    account_id: str
+    ledger_account: LedgerAccount
+    amount_micros: int
+    hold_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class InvoiceLine:
+    reference: str
+    amount_micros: int
+    captured_at: datetime
+    transaction_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Invoice:
+    invoice_id: str
+    account_id: str
+    period_start: datetime
+    period_end: datetime
+    currency: str
+    lines: tuple[InvoiceLine, ...]
+    created_at: datetime
+
+    @property
+    def total_micros(self) -> int:
+        return money.add(*(line.amount_micros for line in self.lines))
+
+
+def fund_entries(amount: int) -> list[Entry]:
+    return balanced([(LedgerAccount.FUNDING, -amount), (LedgerAccount.CUSTOMER_AVAILABLE, amount)])
+
+
+def reserve_entries(amount: int) -> list[Entry]:
+    return balanced(
+        [(LedgerAccount.CUSTOMER_AVAILABLE, -amount), (LedgerAccount.CUSTOMER_HELD, amount)]
+    )
+
+
+def capture_entries(held: int, captured: int) -> list[Entry]:
+    """Capture `captured` of a hold of `held` and give the rest back."""
+    released = held - captured
+    entries: list[Entry] = [(LedgerAccount.CUSTOMER_HELD, -held)]
+    if captured:
+        entries.append((LedgerAccount.REVENUE, captured))
+    if released:
+        entries.append((LedgerAccount.CUSTOMER_AVAILABLE, released))
+    return balanced(entries)
+
+
+def release_entries(held: int) -> list[Entry]:
+    return balanced(
+        [(LedgerAccount.CUSTOMER_HELD, -held), (LedgerAccount.CUSTOMER_AVAILABLE, held)]
+    )
+
+
+def balanced(entries: list[Entry]) -> list[Entry]:
+    if sum(amount for _, amount in entries) != 0:
+        raise AssertionError(f"unbalanced ledger transaction: {entries}")
+    return entries
+
+
+def ensure_can_reserve(balances: Balances, credit_limit_micros: int, amount: int) -> None:
+    if balances.available_micros - amount < -credit_limit_micros:
+        raise InsufficientFunds(
+            f"Insufficient funds: {money.format_amount(amount)} is needed but only "
+            f"{money.format_amount(balances.available_micros + credit_limit_micros)} is "
+            "available. Fund the account and try again."
+        )
+
+
+def validate_amount(amount: int, field: str = "amount_micros") -> int:
+    if amount <= 0:
+        raise InvalidArgument(f"{field} must be more than 0 (got {amount}).")
+    return money.check_micros(amount)
+
+
+def validate_capture(hold: Hold, amount: int) -> int:
+    if amount < 0:
+        raise InvalidArgument(f"amount_micros cannot be negative (got {amount}).")
+    if amount > hold.amount_micros:
+        raise InvalidArgument(
+            f"Cannot capture {amount} micro-units from a hold of {hold.amount_micros}."
+        )
+    return amount
+
+
+def validate_idempotency_key(key: str) -> str:
+    if not key or not key.strip():
+        raise InvalidArgument(
+            "idempotency_key is missing: every money movement needs a unique key so that "
+            "a retry cannot move money twice."
+        )
+    if len(key) > MAX_IDEMPOTENCY_KEY_LENGTH:
+        raise InvalidArgument(
+            f"idempotency_key is longer than {MAX_IDEMPOTENCY_KEY_LENGTH} characters."
+        )
+    return key
+
+
+def validate_new_account(display_name: str, currency: str, credit_limit_micros: int) -> None:
+    if not display_name.strip():
+        raise InvalidArgument("display_name is empty: give the account a name.")
+    if len(display_name) > MAX_DISPLAY_NAME_LENGTH:
+        raise InvalidArgument(f"display_name is longer than {MAX_DISPLAY_NAME_LENGTH} characters.")
+    try:
+        money.check_currency(currency)
+    except money.AmountError as exc:
+        raise InvalidArgument(str(exc)) from exc
+    if credit_limit_micros < 0:
+        raise InvalidArgument("credit_limit_micros cannot be negative.")
+    money.check_micros(credit_limit_micros)
+
+
+def fingerprint(kind: TransactionKind, *parts: object) -> str:
+    """What a request asked for, to tell a true retry from a reused key."""
+    return "|".join((kind.value, *(str(part) for part in parts)))

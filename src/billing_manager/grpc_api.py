@@ -1,0 +1,252 @@
+"""BillingManager and AuthService over gRPC: translate, check the caller, delegate."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import grpc
+
+from billing_manager.authentication import Authentication
+from billing_manager.domain.ledger import AccountView, Hold, Invoice, Transaction
+from billing_manager.ledger import Ledger
+from meterline.auth.v1 import auth_pb2, auth_pb2_grpc
+from meterline.billing.v1 import billing_pb2, billing_pb2_grpc
+from meterline.kernel.errors import InvalidArgument
+from meterline.kernel.grpc_errors import unary
+from meterline.kernel.grpc_server import Authenticator
+from meterline.kernel.principals import PrincipalKind
+from meterline.kernel.wire import from_timestamp, timestamp
+
+Context = grpc.aio.ServicerContext[Any, Any]
+MOVERS = (PrincipalKind.OPERATOR, PrincipalKind.SERVICE)
+
+
+def account_to_wire(view: AccountView) -> billing_pb2.Account:
+    account = view.account
+    return billing_pb2.Account(
+        account_id=account.account_id,
+        display_name=account.display_name,
+        currency=account.currency,
+        balance_micros=view.balances.balance_micros,
+        available_micros=view.balances.available_micros,
+        held_micros=view.balances.held_micros,
+        status=billing_pb2.AccountStatus.Value(f"ACCOUNT_STATUS_{account.status.value}"),
+        credit_limit_micros=account.credit_limit_micros,
+        create_time=timestamp(account.created_at),
+    )
+
+
+def hold_to_wire(hold: Hold) -> billing_pb2.Hold:
+    return billing_pb2.Hold(
+        hold_id=hold.hold_id,
+        account_id=hold.account_id,
+        amount_micros=hold.amount_micros,
+        captured_micros=hold.captured_micros,
+        released_micros=hold.released_micros,
+        status=billing_pb2.HoldStatus.Value(f"HOLD_STATUS_{hold.status.value}"),
+        reference=hold.reference,
+        create_time=timestamp(hold.created_at),
+    )
+
+
+def transaction_to_wire(transaction: Transaction) -> billing_pb2.Transaction:
+    return billing_pb2.Transaction(
+        transaction_id=transaction.transaction_id,
+        kind=billing_pb2.TransactionKind.Value(f"TRANSACTION_KIND_{transaction.kind.value}"),
+        account_id=transaction.account_id,
+        amount_micros=transaction.amount_micros,
+        idempotency_key=transaction.idempotency_key,
+        create_time=timestamp(transaction.created_at),
+    )
+
+
+def invoice_to_wire(invoice: Invoice) -> billing_pb2.Invoice:
+    return billing_pb2.Invoice(
+        invoice_id=invoice.invoice_id,
+        account_id=invoice.account_id,
+        period_start=timestamp(invoice.period_start),
+        period_end=timestamp(invoice.period_end),
+        total_micros=invoice.total_micros,
+        currency=invoice.currency,
+        create_time=timestamp(invoice.created_at),
+        lines=[
+            billing_pb2.InvoiceLine(
+                reference=line.reference,
+                amount_micros=line.amount_micros,
+                capture_time=timestamp(line.captured_at),
+                transaction_id=line.transaction_id,
+            )
+            for line in invoice.lines
+        ],
+    )
+
+
+def _page(page_size: int, page_token: str) -> tuple[int, int]:
+    if page_size < 0:
+        raise InvalidArgument("page_size cannot be negative.")
+    try:
+        after = int(page_token) if page_token else 0
+    except ValueError as exc:
+        raise InvalidArgument("page_token is not one this service gave out.") from exc
+    return min(page_size or 100, 1000), after
+
+
+class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
+    def __init__(self, ledger: Ledger, auth: Authenticator) -> None:
+        self._ledger = ledger
+        self._auth = auth
+
+    @unary
+    async def CreateAccount(
+        self, request: billing_pb2.CreateAccountRequest, context: Context
+    ) -> billing_pb2.Account:
+        self._auth.principal(context).require_kind(
+            PrincipalKind.OPERATOR, action="open accounts"
+        )
+        view = await self._ledger.create_account(
+            request.display_name, request.currency, request.credit_limit_micros
+        )
+        return account_to_wire(view)
+
+    @unary
+    async def GetAccount(
+        self, request: billing_pb2.GetAccountRequest, context: Context
+    ) -> billing_pb2.Account:
+        self._auth.principal(context).require_account(request.account_id)
+        return account_to_wire(await self._ledger.get_account(request.account_id))
+
+    @unary
+    async def FundAccount(
+        self, request: billing_pb2.FundAccountRequest, context: Context
+    ) -> billing_pb2.FundAccountResponse:
+        self._auth.principal(context).require_kind(
+            PrincipalKind.OPERATOR, action="fund accounts"
+        )
+        transaction, view = await self._ledger.fund(
+            request.account_id, request.amount_micros, request.idempotency_key
+        )
+        return billing_pb2.FundAccountResponse(
+            transaction=transaction_to_wire(transaction), account=account_to_wire(view)
+        )
+
+    @unary
+    async def Reserve(self, request: billing_pb2.ReserveRequest, context: Context) -> billing_pb2.Hold:
+        self._auth.principal(context).require_kind(*MOVERS, action="put holds on accounts")
+        hold = await self._ledger.reserve(
+            request.account_id, request.amount_micros, request.idempotency_key, request.reference
+        )
+        return hold_to_wire(hold)
+
+    @unary
+    async def Capture(self, request: billing_pb2.CaptureRequest, context: Context) -> billing_pb2.Hold:
+        self._auth.principal(context).require_kind(*MOVERS, action="capture holds")
+        hold = await self._ledger.capture(
+            request.hold_id, request.amount_micros, request.idempotency_key
+        )
+        return hold_to_wire(hold)
+
+    @unary
+    async def Release(self, request: billing_pb2.ReleaseRequest, context: Context) -> billing_pb2.Hold:
+        self._auth.principal(context).require_kind(*MOVERS, action="release holds")
+        return hold_to_wire(await self._ledger.release(request.hold_id, request.idempotency_key))
+
+    @unary
+    async def ListLedgerEntries(
+        self, request: billing_pb2.ListLedgerEntriesRequest, context: Context
+    ) -> billing_pb2.ListLedgerEntriesResponse:
+        self._auth.principal(context).require_account(request.account_id)
+        limit, after = _page(request.page_size, request.page_token)
+        lines = await self._ledger.entries(request.account_id, after, limit + 1)
+        response = billing_pb2.ListLedgerEntriesResponse(
+            entries=[
+                billing_pb2.LedgerEntry(
+                    entry_id=line.entry_id,
+                    transaction_id=line.transaction_id,
+                    kind=billing_pb2.TransactionKind.Value(f"TRANSACTION_KIND_{line.kind.value}"),
+                    account_id=line.account_id,
+                    ledger_account=billing_pb2.LedgerAccount.Value(
+                        f"LEDGER_ACCOUNT_{line.ledger_account.value}"
+                    ),
+                    amount_micros=line.amount_micros,
+                    create_time=timestamp(line.created_at),
+                    hold_id=line.hold_id,
+                )
+                for line in lines[:limit]
+            ]
+        )
+        if len(lines) > limit:
+            response.next_page_token = str(lines[limit - 1].entry_id)
+        return response
+
+    @unary
+    async def GenerateInvoice(
+        self, request: billing_pb2.GenerateInvoiceRequest, context: Context
+    ) -> billing_pb2.Invoice:
+        self._auth.principal(context).require_kind(*MOVERS, action="generate bills")
+        if not request.HasField("period_start") or not request.HasField("period_end"):
+            raise InvalidArgument("period_start and period_end are both needed.")
+        invoice = await self._ledger.generate_invoice(
+            request.account_id,
+            from_timestamp(request.period_start),
+            from_timestamp(request.period_end),
+            request.idempotency_key,
+        )
+        return invoice_to_wire(invoice)
+
+    @unary
+    async def GetInvoice(
+        self, request: billing_pb2.GetInvoiceRequest, context: Context
+    ) -> billing_pb2.Invoice:
+        principal = self._auth.principal(context)
+        invoice = await self._ledger.get_invoice(request.invoice_id)
+        principal.require_account(invoice.account_id)
+        return invoice_to_wire(invoice)
+
+
+_KINDS = {
+    auth_pb2.PRINCIPAL_KIND_DEVICE: PrincipalKind.DEVICE,
+    auth_pb2.PRINCIPAL_KIND_GATEWAY: PrincipalKind.GATEWAY,
+    auth_pb2.PRINCIPAL_KIND_OPERATOR: PrincipalKind.OPERATOR,
+}
+_WIRE_KINDS = {kind: wire for wire, kind in _KINDS.items()}
+
+
+class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+    def __init__(self, authentication: Authentication, auth: Authenticator) -> None:
+        self._authentication = authentication
+        self._auth = auth
+
+    @unary
+    async def IssueToken(
+        self, request: auth_pb2.IssueTokenRequest, context: Context
+    ) -> auth_pb2.IssueTokenResponse:
+        credential, issued = await self._authentication.issue_token(
+            request.client_id, request.client_secret
+        )
+        return auth_pb2.IssueTokenResponse(
+            access_token=issued.token,
+            expire_time=timestamp(issued.expires_at),
+            kind=_WIRE_KINDS[credential.kind],
+            account_id=credential.account_id,
+        )
+
+    @unary
+    async def CreateCredential(
+        self, request: auth_pb2.CreateCredentialRequest, context: Context
+    ) -> auth_pb2.CreateCredentialResponse:
+        self._auth.principal(context).require_kind(
+            PrincipalKind.OPERATOR, action="create credentials"
+        )
+        kind = _KINDS.get(request.kind)
+        if kind is None:
+            raise InvalidArgument("kind must be DEVICE, GATEWAY or OPERATOR.")
+        credential, secret = await self._authentication.create_credential(
+            kind, request.account_id, request.gateway_name
+        )
+        return auth_pb2.CreateCredentialResponse(
+            client_id=credential.client_id,
+            client_secret=secret,
+            kind=request.kind,
+            account_id=credential.account_id,
+            gateway_name=credential.gateway_name,
+        )

@@ -1,0 +1,1 @@
+"""The account database: schema, migrations and the ledger store."""

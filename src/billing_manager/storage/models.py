@@ -1,0 +1,130 @@
+"""The account database's tables. The ledger tables are append-only (a trigger refuses
+UPDATE and DELETE on them)."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+)
+
+metadata = MetaData()
+VERSION_TABLE = "alembic_version_billing"
+
+
+def _created() -> Column[object]:
+    return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("account_id", String(64), primary_key=True),
+    Column("display_name", String(200), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("credit_limit_micros", BigInteger, nullable=False),
+    Column("status", String(16), nullable=False),
+    _created(),
+    CheckConstraint("credit_limit_micros >= 0", name="accounts_credit_limit_non_negative"),
+)
+
+ledger_transactions = Table(
+    "ledger_transactions",
+    metadata,
+    Column("transaction_id", String(64), primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("account_id", String(64), ForeignKey("accounts.account_id"), nullable=False),
+    Column("amount_micros", BigInteger, nullable=False),
+    Column("idempotency_key", String(200), nullable=False, unique=True),
+    Column("fingerprint", Text, nullable=False),
+    Column("hold_id", String(64), nullable=True),
+    Column("reference", String(200), nullable=False, server_default=""),
+    _created(),
+    Index("ledger_transactions_account_kind_idx", "account_id", "kind", "created_at"),
+)
+
+ledger_entries = Table(
+    "ledger_entries",
+    metadata,
+    Column("entry_id", BigInteger, Identity(), primary_key=True),
+    Column(
+        "transaction_id",
+        String(64),
+        ForeignKey("ledger_transactions.transaction_id"),
+        nullable=False,
+    ),
+    Column("kind", String(16), nullable=False),
+    Column("account_id", String(64), ForeignKey("accounts.account_id"), nullable=False),
+    Column("ledger_account", String(32), nullable=False),
+    Column("amount_micros", BigInteger, nullable=False),
+    Column("hold_id", String(64), nullable=True),
+    _created(),
+    Index("ledger_entries_account_idx", "account_id", "ledger_account"),
+)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("hold_id", String(64), primary_key=True),
+    Column("account_id", String(64), ForeignKey("accounts.account_id"), nullable=False),
+    Column("amount_micros", BigInteger, nullable=False),
+    Column("captured_micros", BigInteger, nullable=False, server_default="0"),
+    Column("released_micros", BigInteger, nullable=False, server_default="0"),
+    Column("status", String(16), nullable=False),
+    Column("reference", String(200), nullable=False, server_default=""),
+    _created(),
+    Column("closed_at", DateTime(timezone=True), nullable=True),
+    CheckConstraint("amount_micros > 0", name="holds_amount_positive"),
+    CheckConstraint(
+        "captured_micros >= 0 AND released_micros >= 0 "
+        "AND captured_micros + released_micros <= amount_micros",
+        name="holds_settled_within_amount",
+    ),
+)
+
+credentials = Table(
+    "credentials",
+    metadata,
+    Column("client_id", String(64), primary_key=True),
+    Column("secret_sha256", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("account_id", String(64), ForeignKey("accounts.account_id"), nullable=True),
+    Column("gateway_name", String(100), nullable=True),
+    _created(),
+)
+
+invoices = Table(
+    "invoices",
+    metadata,
+    Column("invoice_id", String(64), primary_key=True),
+    Column("account_id", String(64), ForeignKey("accounts.account_id"), nullable=False),
+    Column("period_start", DateTime(timezone=True), nullable=False),
+    Column("period_end", DateTime(timezone=True), nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("total_micros", BigInteger, nullable=False),
+    Column("idempotency_key", String(200), nullable=False, unique=True),
+    Column("fingerprint", Text, nullable=False),
+    _created(),
+)
+
+invoice_lines = Table(
+    "invoice_lines",
+    metadata,
+    Column("invoice_id", String(64), ForeignKey("invoices.invoice_id"), primary_key=True),
+    Column("line_number", Integer, primary_key=True),
+    Column("transaction_id", String(64), nullable=False),
+    Column("reference", String(200), nullable=False),
+    Column("amount_micros", BigInteger, nullable=False),
+    Column("captured_at", DateTime(timezone=True), nullable=False),
+)

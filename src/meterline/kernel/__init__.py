@@ -1,0 +1,1 @@
+"""Meterline kernel."""

@@ -1,0 +1,127 @@
+"""The one error catalogue: each domain error becomes one gRPC status code with its
+public sentence and a google.rpc.ErrorInfo; anything unexpected becomes INTERNAL, with
+the detail only in the log."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
+
+import grpc
+from google.protobuf import any_pb2
+from google.rpc import error_details_pb2, status_pb2
+
+from meterline.kernel import errors
+from meterline.kernel.money import AmountError
+
+log = logging.getLogger(__name__)
+
+ERROR_DOMAIN = "meterline.dev"
+
+_CODES: tuple[tuple[type[errors.MeterlineError], grpc.StatusCode], ...] = (
+    (errors.InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (errors.Unauthenticated, grpc.StatusCode.UNAUTHENTICATED),
+    (errors.PermissionDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (errors.NotFound, grpc.StatusCode.NOT_FOUND),
+    (errors.AlreadyExists, grpc.StatusCode.ALREADY_EXISTS),
+    (errors.FailedPrecondition, grpc.StatusCode.FAILED_PRECONDITION),
+    (errors.Unavailable, grpc.StatusCode.UNAVAILABLE),
+)
+
+
+def status_code_for(error: errors.MeterlineError) -> grpc.StatusCode:
+    for kind, code in _CODES:
+        if isinstance(error, kind):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _status_details(code: grpc.StatusCode, message: str, reason: str) -> bytes:
+    info = error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN)
+    detail = any_pb2.Any()
+    detail.Pack(info)
+    status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
+    return status.SerializeToString()
+
+
+async def abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> NoReturn:
+    """End the call with the status the catalogue gives for `error`."""
+    if isinstance(error, AmountError):
+        error = errors.InvalidArgument(str(error), reason="BAD_AMOUNT")
+    if isinstance(error, errors.MeterlineError):
+        code, message, reason = status_code_for(error), error.message, error.reason
+    else:
+        incident = uuid.uuid4().hex[:12]
+        log.exception("unexpected error (incident %s)", incident, exc_info=error)
+        code = grpc.StatusCode.INTERNAL
+        message = f"Internal error; the server log has the details under incident {incident}."
+        reason = "INTERNAL"
+    await context.abort(
+        code,
+        message,
+        trailing_metadata=(("grpc-status-details-bin", _status_details(code, message, reason)),),
+    )
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def _is_ours(error: BaseException) -> bool:
+    return isinstance(error, errors.MeterlineError | AmountError)
+
+
+Req = TypeVar("Req")
+Resp = TypeVar("Resp")
+Self = TypeVar("Self")
+
+
+def unary(
+    method: Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
+) -> Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
+    """Wrap a unary servicer method so every error goes through the catalogue."""
+
+    @functools.wraps(method)
+    async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+        try:
+            return await method(self, request, context)
+        except Exception as error:
+            if isinstance(error, grpc.aio.AbortError):
+                raise
+            if not _is_ours(error):
+                log.debug("unexpected error in %s", method.__qualname__)
+            await abort(context, error)
+
+    return wrapper
+
+
+def streaming(
+    method: Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]],
+) -> Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Resp]]:
+    """Wrap a response-streaming servicer method the same way."""
+
+    @functools.wraps(method)
+    async def wrapper(
+        self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Resp]:
+        try:
+            async for response in method(self, request, context):
+                yield response
+        except Exception as error:
+            if isinstance(error, grpc.aio.AbortError):
+                raise
+            await abort(context, error)
+
+    return wrapper
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> str:
+    """The ErrorInfo reason a Meterline server put on a failed call, or ''."""
+    for key, value in error.trailing_metadata() or ():
+        if key == "grpc-status-details-bin" and isinstance(value, bytes):
+            status = status_pb2.Status.FromString(value)
+            for detail in status.details:
+                info = error_details_pb2.ErrorInfo()
+                if detail.Unpack(info):
+                    return info.reason
+    return ""

@@ -1,0 +1,53 @@
+"""Running one service process: start, serve until signalled, close everything."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from meterline.kernel.grpc_server import RunningServer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServiceHandle:
+    """A started service: its gRPC server, its background tasks, what to close after."""
+
+    server: RunningServer
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    async def close(self, grace: float = 5.0) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await self.server.stop(grace)
+        for close in reversed(self.closers):
+            await close()
+
+
+def run_until_signalled(start: Callable[[], Awaitable[ServiceHandle]]) -> None:
+    """Start a service and serve until SIGTERM or SIGINT, then drain gracefully."""
+
+    async def main() -> None:
+        handle = await start()
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        await stop.wait()
+        log.info("shutting down")
+        await handle.close()
+
+    asyncio.run(main())

@@ -1,0 +1,89 @@
+"""Short-lived signed bearer tokens (JWT, HS256) that every service verifies locally."""
+
+from __future__ import annotations
+
+import secrets
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+import jwt
+
+from meterline.kernel.errors import Unauthenticated
+from meterline.kernel.principals import Principal, PrincipalKind
+
+_ALGORITHM = "HS256"
+_ISSUER = "meterline"
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedToken:
+    token: str
+    expires_at: datetime
+
+
+class TokenSigner:
+    """Signs and verifies tokens with the deployment's shared secret."""
+
+    def __init__(self, secret: str, ttl: timedelta = timedelta(minutes=15)) -> None:
+        if len(secret) < 32:
+            raise ValueError("the token secret must be at least 32 characters")
+        self._secret = secret
+        self._ttl = ttl
+
+    def issue(self, principal: Principal, ttl: timedelta | None = None) -> IssuedToken:
+        now = datetime.now(UTC)
+        expires_at = now + (ttl or self._ttl)
+        claims = {
+            "iss": _ISSUER,
+            "sub": principal.subject,
+            "kind": principal.kind.value,
+            "acct": principal.account_id,
+            "gw": principal.gateway_id,
+            "iat": int(now.timestamp()),
+            "exp": int(expires_at.timestamp()),
+            "jti": secrets.token_hex(8),
+        }
+        return IssuedToken(jwt.encode(claims, self._secret, algorithm=_ALGORITHM), expires_at)
+
+    def verify(self, token: str) -> Principal:
+        try:
+            claims = jwt.decode(
+                token,
+                self._secret,
+                algorithms=[_ALGORITHM],
+                issuer=_ISSUER,
+                options={"require": ["exp", "sub", "iss"]},
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise Unauthenticated(
+                "The access token has expired; get a new one with IssueToken.",
+                reason="TOKEN_EXPIRED",
+            ) from exc
+        except jwt.InvalidTokenError as exc:
+            raise Unauthenticated(
+                "The access token is not valid (bad signature or format); get a new one "
+                "with IssueToken.",
+                reason="TOKEN_INVALID",
+            ) from exc
+        try:
+            kind = PrincipalKind(claims["kind"])
+        except (KeyError, ValueError) as exc:
+            raise Unauthenticated("The access token names no known kind of caller.") from exc
+        return Principal(
+            kind=kind,
+            subject=str(claims["sub"]),
+            account_id=str(claims.get("acct", "")),
+            gateway_id=str(claims.get("gw", "")),
+        )
+
+    def verify_bearer(self, authorization: str | None) -> Principal:
+        """Verify an `authorization` metadata value of the form `Bearer <token>`."""
+        if not authorization:
+            raise Unauthenticated(
+                "This call needs an access token: send 'authorization: Bearer <token>' "
+                "metadata (IssueToken gives one)."
+            )
+        scheme, _, token = authorization.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise Unauthenticated("The authorization metadata must read 'Bearer <token>'.")
+        return self.verify(token.strip())

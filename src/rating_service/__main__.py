@@ -1,0 +1,3 @@
+from rating_service.server import main
+
+main()

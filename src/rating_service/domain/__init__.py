@@ -1,0 +1,1 @@
+"""Tariffs and pricing, with no I/O."""

@@ -1,0 +1,49 @@
+"""The rating service process: `python -m rating_service` or `meterline serve rating`."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from meterline.kernel.config import Settings, load_settings, require_url, token_secret
+from meterline.kernel.db import create_engine_for, upgrade_schema
+from meterline.kernel.grpc_server import Authenticator, start_server
+from meterline.kernel.logs import configure_logging
+from meterline.kernel.runtime import ServiceHandle, run_until_signalled
+from meterline.kernel.tokens import TokenSigner
+from meterline.rating.v1 import rating_pb2, rating_pb2_grpc
+from rating_service.catalog import TariffCatalog
+from rating_service.grpc_api import RatingServicer
+from rating_service.storage.models import VERSION_TABLE
+from rating_service.storage.tariff_store import TariffStore
+
+MIGRATIONS = Path(__file__).parent / "storage" / "migrations"
+SERVICE_NAME = rating_pb2.DESCRIPTOR.services_by_name["RatingService"].full_name
+
+
+def migrate(database_url: str) -> None:
+    upgrade_schema(database_url, MIGRATIONS, VERSION_TABLE)
+
+
+async def start(settings: Settings, address: str | None = None) -> ServiceHandle:
+    url = require_url(settings.stores.rating_database_url, "METERLINE_RATING_DATABASE_URL")
+    if settings.migrate_on_start:
+        await asyncio.to_thread(migrate, url)
+    engine = create_engine_for(url)
+    catalog = TariffCatalog(TariffStore(engine))
+    await catalog.refresh()
+    servicer = RatingServicer(catalog, Authenticator(TokenSigner(token_secret(settings))))
+    server = await start_server(
+        address or settings.endpoints.rating,
+        [lambda server: rating_pb2_grpc.add_RatingServiceServicer_to_server(servicer, server)],
+        [SERVICE_NAME],
+    )
+    handle = ServiceHandle(server, closers=[engine.dispose])
+    handle.tasks.append(asyncio.create_task(catalog.keep_fresh()))
+    return handle
+
+
+def main(address: str | None = None) -> None:
+    settings = load_settings()
+    configure_logging(settings.log_level)
+    run_until_signalled(lambda: start(settings, address))

@@ -1,0 +1,1 @@
+"""The rating database (tariffs): schema, migrations and the tariff store."""

@@ -1,0 +1,3 @@
+from service_manager.server import main
+
+main()

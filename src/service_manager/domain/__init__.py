@@ -1,0 +1,1 @@
+"""Session rules: quota slices, usage updates, settlement. No I/O."""

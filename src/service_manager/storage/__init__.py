@@ -1,0 +1,1 @@
+"""The service database (gateways, sessions, service records) and presence in Redis."""

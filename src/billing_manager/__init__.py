@@ -1,1 +1,4 @@
-"""The billing manager: accounts, prepaid funding, credit holds, bills and credentials (meterline.billing.v1.BillingManager, meterline.auth.v1.AuthService)."""
+"""The billing manager: accounts, prepaid funding, credit holds, bills and credentials.
+
+Serves meterline.billing.v1.BillingManager and meterline.auth.v1.AuthService.
+"""

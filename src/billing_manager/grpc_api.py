@@ -100,9 +100,7 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
     async def CreateAccount(
         self, request: billing_pb2.CreateAccountRequest, context: Context
     ) -> billing_pb2.Account:
-        self._auth.principal(context).require_kind(
-            PrincipalKind.OPERATOR, action="open accounts"
-        )
+        self._auth.principal(context).require_kind(PrincipalKind.OPERATOR, action="open accounts")
         view = await self._ledger.create_account(
             request.display_name, request.currency, request.credit_limit_micros
         )
@@ -119,9 +117,7 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
     async def FundAccount(
         self, request: billing_pb2.FundAccountRequest, context: Context
     ) -> billing_pb2.FundAccountResponse:
-        self._auth.principal(context).require_kind(
-            PrincipalKind.OPERATOR, action="fund accounts"
-        )
+        self._auth.principal(context).require_kind(PrincipalKind.OPERATOR, action="fund accounts")
         transaction, view = await self._ledger.fund(
             request.account_id, request.amount_micros, request.idempotency_key
         )
@@ -130,7 +126,9 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         )
 
     @unary
-    async def Reserve(self, request: billing_pb2.ReserveRequest, context: Context) -> billing_pb2.Hold:
+    async def Reserve(
+        self, request: billing_pb2.ReserveRequest, context: Context
+    ) -> billing_pb2.Hold:
         self._auth.principal(context).require_kind(*MOVERS, action="put holds on accounts")
         hold = await self._ledger.reserve(
             request.account_id, request.amount_micros, request.idempotency_key, request.reference
@@ -138,7 +136,9 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         return hold_to_wire(hold)
 
     @unary
-    async def Capture(self, request: billing_pb2.CaptureRequest, context: Context) -> billing_pb2.Hold:
+    async def Capture(
+        self, request: billing_pb2.CaptureRequest, context: Context
+    ) -> billing_pb2.Hold:
         self._auth.principal(context).require_kind(*MOVERS, action="capture holds")
         hold = await self._ledger.capture(
             request.hold_id, request.amount_micros, request.idempotency_key
@@ -146,7 +146,9 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         return hold_to_wire(hold)
 
     @unary
-    async def Release(self, request: billing_pb2.ReleaseRequest, context: Context) -> billing_pb2.Hold:
+    async def Release(
+        self, request: billing_pb2.ReleaseRequest, context: Context
+    ) -> billing_pb2.Hold:
         self._auth.principal(context).require_kind(*MOVERS, action="release holds")
         return hold_to_wire(await self._ledger.release(request.hold_id, request.idempotency_key))
 

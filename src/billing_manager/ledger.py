@@ -101,7 +101,12 @@ class Ledger:
                 transaction = recorded.transaction
             else:
                 transaction = await self._store.append(
-                    conn, TransactionKind.FUND, account_id, amount, key, fingerprint,
+                    conn,
+                    TransactionKind.FUND,
+                    account_id,
+                    amount,
+                    key,
+                    fingerprint,
                     rules.fund_entries(amount),
                 )
                 log.info("account %s funded with %d micros", account_id, amount)
@@ -131,8 +136,15 @@ class Ledger:
             hold_id = new_id("hold")
             hold = await self._store.insert_hold(conn, hold_id, account_id, amount, reference)
             await self._store.append(
-                conn, TransactionKind.RESERVE, account_id, amount, key, fingerprint,
-                rules.reserve_entries(amount), hold_id=hold_id, reference=reference,
+                conn,
+                TransactionKind.RESERVE,
+                account_id,
+                amount,
+                key,
+                fingerprint,
+                rules.reserve_entries(amount),
+                hold_id=hold_id,
+                reference=reference,
             )
             return hold
 
@@ -171,8 +183,15 @@ class Ledger:
             entries = rules.capture_entries(hold.amount_micros, captured)
             kind, status = TransactionKind.CAPTURE, HoldStatus.CAPTURED
         await self._store.append(
-            conn, kind, hold.account_id, captured if capture is not None else hold.amount_micros,
-            key, fingerprint, entries, hold_id=hold_id, reference=hold.reference,
+            conn,
+            kind,
+            hold.account_id,
+            captured if capture is not None else hold.amount_micros,
+            key,
+            fingerprint,
+            entries,
+            hold_id=hold_id,
+            reference=hold.reference,
         )
         return await self._store.close_hold(
             conn, hold_id, status, captured, hold.amount_micros - captured

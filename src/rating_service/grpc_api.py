@@ -11,8 +11,8 @@ from meterline.kernel.errors import InvalidArgument, MeterlineError
 from meterline.kernel.grpc_errors import status_code_for, unary
 from meterline.kernel.grpc_server import Authenticator
 from meterline.kernel.media import ServiceType
-from meterline.kernel.principals import PrincipalKind
 from meterline.kernel.pricing import RateTerms
+from meterline.kernel.principals import PrincipalKind
 from meterline.kernel.wire import (
     service_type_from_wire,
     service_type_to_wire,
@@ -103,7 +103,9 @@ class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
         )
 
     @unary
-    async def GetRate(self, request: rating_pb2.GetRateRequest, context: Context) -> rating_pb2.Rate:
+    async def GetRate(
+        self, request: rating_pb2.GetRateRequest, context: Context
+    ) -> rating_pb2.Rate:
         self._auth.principal(context)
         service_type = service_type_from_wire(request.service_type)
         return rate_to_wire(self._catalog.index.match(service_type, request.endpoint))
@@ -139,9 +141,7 @@ class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
     async def UpsertTariff(
         self, request: rating_pb2.UpsertTariffRequest, context: Context
     ) -> rating_pb2.Tariff:
-        self._auth.principal(context).require_kind(
-            PrincipalKind.OPERATOR, action="change tariffs"
-        )
+        self._auth.principal(context).require_kind(PrincipalKind.OPERATOR, action="change tariffs")
         if not request.HasField("tariff"):
             raise InvalidArgument("tariff is missing.")
         (written,) = await self._catalog.upsert([tariff_from_wire(request.tariff)])
@@ -151,9 +151,7 @@ class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
     async def ImportTariffs(
         self, request: rating_pb2.ImportTariffsRequest, context: Context
     ) -> rating_pb2.ImportTariffsResponse:
-        self._auth.principal(context).require_kind(
-            PrincipalKind.OPERATOR, action="change tariffs"
-        )
+        self._auth.principal(context).require_kind(PrincipalKind.OPERATOR, action="change tariffs")
         if not request.tariffs:
             raise InvalidArgument("The import holds no tariffs.")
         if len(request.tariffs) > MAX_IMPORT_TARIFFS:

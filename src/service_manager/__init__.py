@@ -1,1 +1,2 @@
-"""The service manager: starts services, meters them over a bidirectional stream, terminates them and writes service records (meterline.service.v1.ServiceManager)."""
+"""The service manager: starts services, meters them over a bidirectional stream,
+terminates them and writes service records (meterline.service.v1.ServiceManager)."""

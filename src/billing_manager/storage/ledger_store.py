@@ -99,7 +99,9 @@ class LedgerStore:
         ).one()
         return _account(row)
 
-    async def account(self, conn: AsyncConnection, account_id: str, lock: bool = False) -> Account | None:
+    async def account(
+        self, conn: AsyncConnection, account_id: str, lock: bool = False
+    ) -> Account | None:
         query = select(accounts).where(accounts.c.account_id == account_id)
         if lock:
             # Every movement on an account holds this lock: they apply one at a time.

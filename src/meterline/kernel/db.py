@@ -26,8 +26,10 @@ def sqlalchemy_url(url: str) -> str:
 
 def libpq_dsn(url: str) -> str:
     """The same URL as psycopg.connect() takes it."""
-    return make_url(sqlalchemy_url(url)).set(drivername="postgresql").render_as_string(
-        hide_password=False
+    return (
+        make_url(sqlalchemy_url(url))
+        .set(drivername="postgresql")
+        .render_as_string(hide_password=False)
     )
 
 
@@ -61,9 +63,7 @@ def run_migrations_online(connection: Connection, metadata: MetaData, version_ta
     """The body of every service's alembic env.py."""
     from alembic import context
 
-    context.configure(
-        connection=connection, target_metadata=metadata, version_table=version_table
-    )
+    context.configure(connection=connection, target_metadata=metadata, version_table=version_table)
     with context.begin_transaction():
         context.run_migrations()
 

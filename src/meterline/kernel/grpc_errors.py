@@ -44,7 +44,7 @@ def _status_details(code: grpc.StatusCode, message: str, reason: str) -> bytes:
     detail = any_pb2.Any()
     detail.Pack(info)
     status = status_pb2.Status(code=code.value[0], message=message, details=[detail])
-    return status.SerializeToString()
+    return bytes(status.SerializeToString())
 
 
 async def abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> NoReturn:
@@ -82,7 +82,9 @@ def unary(
     """Wrap a unary servicer method so every error goes through the catalogue."""
 
     @functools.wraps(method)
-    async def wrapper(self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]) -> Resp:
+    async def wrapper(
+        self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Resp:
         try:
             return await method(self, request, context)
         except Exception as error:
@@ -117,11 +119,12 @@ def streaming(
 
 def error_reason(error: grpc.aio.AioRpcError) -> str:
     """The ErrorInfo reason a Meterline server put on a failed call, or ''."""
-    for key, value in error.trailing_metadata() or ():
+    metadata: Any = error.trailing_metadata() or ()
+    for key, value in metadata:
         if key == "grpc-status-details-bin" and isinstance(value, bytes):
             status = status_pb2.Status.FromString(value)
             for detail in status.details:
                 info = error_details_pb2.ErrorInfo()
                 if detail.Unpack(info):
-                    return info.reason
+                    return str(info.reason)
     return ""

@@ -61,7 +61,8 @@ class Authenticator:
 class RunningServer:
     server: grpc.aio.Server
     port: int
-    health: health.aio.HealthServicer
+    health: Any
+    """The grpc_health aio HealthServicer (untyped upstream)."""
 
     async def stop(self, grace: float = 5.0) -> None:
         await self.health.enter_graceful_shutdown()
@@ -77,7 +78,7 @@ async def start_server(
     server = grpc.aio.server(options=SERVER_OPTIONS)
     for register in registrations:
         register(server)
-    health_servicer = health.aio.HealthServicer()
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*service_names, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)

@@ -45,6 +45,20 @@ class TokenSigner:
         }
         return IssuedToken(jwt.encode(claims, self._secret, algorithm=_ALGORITHM), expires_at)
 
+    def issue_session_ticket(self, session_id: str, gateway_id: str, ttl: timedelta) -> str:
+        """A ticket the client shows its gateway to prove the session was authorized. It
+        is not a bearer token: `verify` refuses it."""
+        now = datetime.now(UTC)
+        claims = {
+            "iss": _ISSUER,
+            "sub": session_id,
+            "kind": "session-ticket",
+            "gw": gateway_id,
+            "iat": int(now.timestamp()),
+            "exp": int((now + ttl).timestamp()),
+        }
+        return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
+
     def verify(self, token: str) -> Principal:
         try:
             claims = jwt.decode(

@@ -18,7 +18,7 @@ def service_type_from_wire(value: int) -> ServiceType:
             "FILE_DOWNLOAD or APPLICATION."
         )
     try:
-        return ServiceType(types_pb2.ServiceType.Name(value))
+        return ServiceType(types_pb2.ServiceType.Name(value))  # type: ignore[arg-type]
     except ValueError as exc:
         raise InvalidArgument(f"service_type {value} is not a known service type.") from exc
 
@@ -31,7 +31,7 @@ def unit_from_wire(value: int) -> Unit:
     if value == types_pb2.UNIT_UNSPECIFIED:
         raise InvalidArgument("unit is missing: choose SECOND, BYTE, MESSAGE or EVENT.")
     try:
-        return Unit(types_pb2.Unit.Name(value))
+        return Unit(types_pb2.Unit.Name(value))  # type: ignore[arg-type]
     except ValueError as exc:
         raise InvalidArgument(f"unit {value} is not a known unit.") from exc
 

@@ -47,9 +47,7 @@ class TariffStore:
     async def version(self) -> tuple[int, datetime | None]:
         """Changes whenever a tariff is written: a cheap check for stale caches."""
         async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(select(func.count(), func.max(tariffs.c.updated_at)))
-            ).one()
+            row = (await conn.execute(select(func.count(), func.max(tariffs.c.updated_at)))).one()
             return int(row[0]), row[1]
 
     async def upsert_many(self, items: Sequence[Tariff]) -> list[Tariff]:
@@ -69,13 +67,13 @@ class TariffStore:
                     "currency": tariff.currency,
                     "description": tariff.description,
                 }
-                statement = insert(tariffs).values(**values)
+                inserting = insert(tariffs).values(**values)
                 replaced = {
-                    key: statement.excluded[key]
+                    key: inserting.excluded[key]
                     for key in values
                     if key not in ("tariff_id", "service_type", "prefix")
                 }
-                statement = statement.on_conflict_do_update(
+                statement = inserting.on_conflict_do_update(
                     constraint="tariffs_service_type_prefix_key",
                     set_={**replaced, "updated_at": func.clock_timestamp()},
                 ).returning(tariffs)

@@ -230,6 +230,7 @@ class Termination(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     FINAL_UNIT_INDICATION_FIELD_NUMBER: _builtins.int
     GATEWAY_ID_FIELD_NUMBER: _builtins.int
+    ENDED_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session."""
     reason: Global___TerminationReason.ValueType
@@ -240,6 +241,8 @@ class Termination(_message.Message):
     """True when the units granted so far are the last: stop when they are used."""
     gateway_id: _builtins.str
     """The gateway serving the session."""
+    ended: _builtins.bool
+    """True when the session has ended; false for a final-unit indication."""
     def __init__(
         self,
         *,
@@ -248,10 +251,11 @@ class Termination(_message.Message):
         message: _builtins.str = ...,
         final_unit_indication: _builtins.bool = ...,
         gateway_id: _builtins.str = ...,
+        ended: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["final_unit_indication", b"final_unit_indication", "gateway_id", b"gateway_id", "message", b"message", "reason", b"reason", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended", b"ended", "final_unit_indication", b"final_unit_indication", "gateway_id", b"gateway_id", "message", b"message", "reason", b"reason", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -352,6 +356,7 @@ class ServiceRecord(_message.Message):
     GATEWAY_ID_FIELD_NUMBER: _builtins.int
     ENDED_AT_FIELD_NUMBER: _builtins.int
     APPLICATION_ID_FIELD_NUMBER: _builtins.int
+    BILLED_UNITS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session."""
     account_id: _builtins.str
@@ -361,7 +366,7 @@ class ServiceRecord(_message.Message):
     endpoint: _builtins.str
     """The endpoint."""
     used_units: _builtins.int
-    """Units billed from (final cumulative usage, up to the units granted)."""
+    """The final cumulative units reported."""
     charged_micros: _builtins.int
     """The charge captured, in micro-units."""
     termination_reason: Global___TerminationReason.ValueType
@@ -370,6 +375,8 @@ class ServiceRecord(_message.Message):
     """The gateway that served it."""
     application_id: _builtins.str
     """The application, for APPLICATION services."""
+    billed_units: _builtins.int
+    """Units charged for: the final usage, up to the units granted."""
     @_builtins.property
     def rate(self) -> _rating_pb2.Rate:
         """The rate applied."""
@@ -402,10 +409,11 @@ class ServiceRecord(_message.Message):
         gateway_id: _builtins.str = ...,
         ended_at: _timestamp_pb2.Timestamp | None = ...,
         application_id: _builtins.str = ...,
+        billed_units: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "ended_at", b"ended_at", "rate", b"rate", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "application_id", b"application_id", "charged_micros", b"charged_micros", "duration", b"duration", "ended_at", b"ended_at", "endpoint", b"endpoint", "gateway_id", b"gateway_id", "rate", b"rate", "service_type", b"service_type", "session_id", b"session_id", "started_at", b"started_at", "termination_reason", b"termination_reason", "used_units", b"used_units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "application_id", b"application_id", "billed_units", b"billed_units", "charged_micros", b"charged_micros", "duration", b"duration", "ended_at", b"ended_at", "endpoint", b"endpoint", "gateway_id", b"gateway_id", "rate", b"rate", "service_type", b"service_type", "session_id", b"session_id", "started_at", b"started_at", "termination_reason", b"termination_reason", "used_units", b"used_units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,239 @@
+"""ServiceManager over gRPC: translate, check the caller, delegate."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import grpc
+
+from meterline.kernel.errors import InvalidArgument, NotFound, PermissionDenied
+from meterline.kernel.grpc_errors import streaming, unary
+from meterline.kernel.grpc_server import Authenticator
+from meterline.kernel.media import ServiceType
+from meterline.kernel.principals import PrincipalKind
+from meterline.kernel.wire import duration, service_type_from_wire, service_type_to_wire, timestamp
+from meterline.rating.v1 import rating_pb2, types_pb2
+from meterline.service.v1 import service_pb2, service_pb2_grpc
+from service_manager.domain.sessions import SessionRate, TerminationReason
+from service_manager.sessions import Metered, SessionService
+from service_manager.storage.session_store import rate_from_json
+
+Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def rate_to_wire(rate: SessionRate, service_type: ServiceType) -> rating_pb2.Rate:
+    return rating_pb2.Rate(
+        tariff_id=rate.tariff_id,
+        service_type=service_type_to_wire(service_type),
+        prefix=rate.prefix,
+        unit=types_pb2.Unit.Value(rate.unit.value),
+        price_per_unit_micros=rate.terms.price_per_unit_micros,
+        increment_units=rate.terms.increment_units,
+        minimum_units=rate.terms.minimum_units,
+        setup_fee_micros=rate.terms.setup_fee_micros,
+        currency=rate.currency,
+    )
+
+
+def reason_to_wire(reason: TerminationReason | str) -> service_pb2.TerminationReason.ValueType:
+    return service_pb2.TerminationReason.Value(f"TERMINATION_REASON_{reason}")
+
+
+def record_to_wire(record: dict[str, Any]) -> service_pb2.ServiceRecord:
+    service_type = ServiceType(record["service_type"])
+    return service_pb2.ServiceRecord(
+        session_id=record["session_id"],
+        account_id=record["account_id"],
+        service_type=service_type_to_wire(service_type),
+        endpoint=record["endpoint"],
+        rate=rate_to_wire(rate_from_json(record["rate"]), service_type),
+        started_at=timestamp(record["started_at"]),
+        ended_at=timestamp(record["ended_at"]),
+        duration=duration(record["ended_at"] - record["started_at"]),
+        used_units=record["used_units"],
+        billed_units=record["billed_units"],
+        charged_micros=record["charged_micros"],
+        termination_reason=reason_to_wire(record["termination_reason"]),
+        gateway_id=record["gateway_id"],
+        application_id=record["application_id"],
+    )
+
+
+def metered_to_wire(metered: Metered) -> service_pb2.MeterResponse:
+    session = metered.session
+    response = service_pb2.MeterResponse(
+        acknowledged_sequence=session.last_sequence,
+        charged_micros=session.charged_micros,
+        balance_micros=metered.available_micros,
+        granted_units=session.granted_units,
+        used_units=session.used_units,
+    )
+    if metered.seconds_left is not None:
+        response.estimated_time_left.CopyFrom(duration(timedelta(seconds=metered.seconds_left)))
+    if metered.termination is not None:
+        response.termination.CopyFrom(
+            service_pb2.Termination(
+                session_id=session.session_id,
+                reason=reason_to_wire(metered.termination.reason),
+                message=metered.termination.message,
+                final_unit_indication=metered.termination.final_unit_indication,
+                gateway_id=session.gateway_id,
+                ended=metered.termination.ended,
+            )
+        )
+    return response
+
+
+class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
+    def __init__(self, sessions: SessionService, auth: Authenticator) -> None:
+        self._sessions = sessions
+        self._auth = auth
+
+    @unary
+    async def StartService(
+        self, request: service_pb2.StartServiceRequest, context: Context
+    ) -> service_pb2.StartServiceResponse:
+        principal = self._auth.principal(context)
+        started = await self._sessions.start(
+            principal,
+            request.account_id,
+            service_type_from_wire(request.service_type),
+            request.endpoint,
+            request.application_id,
+            request.request_id,
+        )
+        session = started.session
+        return service_pb2.StartServiceResponse(
+            session_id=session.session_id,
+            gateway=service_pb2.Gateway(
+                gateway_id=session.gateway_id,
+                address=started.gateway_address,
+                token=started.gateway_ticket,
+            ),
+            rate=rate_to_wire(session.rate, session.service_type),
+            granted_units=session.granted_units,
+            quota_valid_until=timestamp(started.quota_valid_until),
+            balance_micros=started.available_micros,
+        )
+
+    @streaming
+    async def Meter(
+        self,
+        request_iterator: AsyncIterator[service_pb2.ResourceUtilizationUpdate],
+        context: Context,
+    ) -> AsyncIterator[service_pb2.MeterResponse]:
+        principal = self._auth.principal(context)
+        async for update in request_iterator:
+            if not update.session_id:
+                raise InvalidArgument("session_id is missing from the usage update.")
+            metered = await self._sessions.meter(
+                principal, update.session_id, update.sequence, update.used_units
+            )
+            yield metered_to_wire(metered)
+            if metered.termination is not None and metered.termination.ended:
+                return
+
+    @unary
+    async def StopService(
+        self, request: service_pb2.StopServiceRequest, context: Context
+    ) -> service_pb2.ServiceRecord:
+        principal = self._auth.principal(context)
+        if not request.session_id:
+            raise InvalidArgument("session_id is missing.")
+        record = await self._sessions.stop(principal, request.session_id, request.used_units)
+        return record_to_wire(record)
+
+    @unary
+    async def ListActiveSessions(
+        self, request: service_pb2.ListActiveSessionsRequest, context: Context
+    ) -> service_pb2.ListActiveSessionsResponse:
+        principal = self._auth.principal(context)
+        now = datetime.now(UTC)
+        users = await self._sessions.active(principal, request.account_id)
+        return service_pb2.ListActiveSessionsResponse(
+            sessions=[
+                service_pb2.ActiveSession(
+                    session_id=user.session_id,
+                    account_id=user.account_id,
+                    service_type=types_pb2.ServiceType.Value(user.service_type),
+                    rate=rate_to_wire(rate_from_json(user.rate), ServiceType(user.service_type)),
+                    endpoint=user.endpoint,
+                    started_at=timestamp(user.started_at),
+                    duration=duration(now - user.started_at),
+                    gateway_id=user.gateway_id,
+                    used_units=user.used_units,
+                )
+                for user in users
+            ]
+        )
+
+    @streaming
+    async def WatchAccount(
+        self, request: service_pb2.WatchAccountRequest, context: Context
+    ) -> AsyncIterator[service_pb2.AccountEvent]:
+        self._auth.principal(context).require_account(request.account_id)
+        presence = self._sessions.presence
+        async for event in presence.listen(presence.account_channel(request.account_id)):
+            wire = service_pb2.AccountEvent(
+                account_id=event["account_id"],
+                session_id=event["session_id"],
+                balance_micros=event["balance_micros"],
+                charged_micros=event["charged_micros"],
+                used_units=event["used_units"],
+                event_time=timestamp(datetime.now(UTC)),
+            )
+            if event["ended"]:
+                wire.termination.CopyFrom(
+                    service_pb2.Termination(
+                        session_id=event["session_id"],
+                        reason=reason_to_wire(event["reason"]),
+                        ended=True,
+                    )
+                )
+            yield wire
+
+    @streaming
+    async def WatchTerminations(
+        self, request: service_pb2.WatchTerminationsRequest, context: Context
+    ) -> AsyncIterator[service_pb2.Termination]:
+        principal = self._auth.principal(context)
+        if not request.gateway_id:
+            raise InvalidArgument("gateway_id is missing.")
+        if not principal.is_trusted and not (
+            principal.kind is PrincipalKind.GATEWAY and principal.gateway_id == request.gateway_id
+        ):
+            raise PermissionDenied("A gateway may watch only its own terminations.")
+        presence = self._sessions.presence
+        async for event in presence.listen(presence.gateway_channel(request.gateway_id)):
+            yield service_pb2.Termination(
+                session_id=event["session_id"],
+                reason=reason_to_wire(event["reason"]),
+                message=event["message"],
+                gateway_id=event["gateway_id"],
+                ended=True,
+            )
+
+    @unary
+    async def ReportGatewayUsage(
+        self, request: service_pb2.ReportGatewayUsageRequest, context: Context
+    ) -> service_pb2.ReportGatewayUsageResponse:
+        principal = self._auth.principal(context)
+        charged, record = await self._sessions.gateway_usage(
+            principal, request.session_id, request.used_units, request.ended
+        )
+        response = service_pb2.ReportGatewayUsageResponse(charged_micros=charged)
+        if record is not None:
+            response.record.CopyFrom(record_to_wire(record))
+        return response
+
+    @unary
+    async def GetLatestComponent(
+        self, request: service_pb2.GetLatestComponentRequest, context: Context
+    ) -> service_pb2.Component:
+        self._auth.principal(context)
+        raise NotFound(
+            "No client component has been published on this server yet.",
+            reason="NO_COMPONENT",
+        )

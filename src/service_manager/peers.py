@@ -1,0 +1,136 @@
+"""The service manager's calls to the billing manager and the rating service, with our
+own service token and the shared retry policy. Their errors come back as domain errors
+with the peer's code and sentence."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from typing import TypeVar
+
+import grpc
+
+from meterline.billing.v1 import billing_pb2, billing_pb2_grpc
+from meterline.kernel import errors
+from meterline.kernel.grpc_errors import error_reason
+from meterline.kernel.grpc_server import bearer, client_channel
+from meterline.kernel.media import ServiceType, Unit
+from meterline.kernel.pricing import RateTerms
+from meterline.kernel.principals import Principal, PrincipalKind
+from meterline.kernel.retry import call_with_retry
+from meterline.kernel.tokens import IssuedToken, TokenSigner
+from meterline.kernel.wire import service_type_to_wire
+from meterline.rating.v1 import rating_pb2, rating_pb2_grpc, types_pb2
+from service_manager.domain.sessions import SessionRate
+
+T = TypeVar("T")
+
+_ERRORS: dict[grpc.StatusCode, type[errors.MeterlineError]] = {
+    grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
+    grpc.StatusCode.NOT_FOUND: errors.NotFound,
+    grpc.StatusCode.FAILED_PRECONDITION: errors.FailedPrecondition,
+    grpc.StatusCode.ALREADY_EXISTS: errors.AlreadyExists,
+    grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
+    grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
+    grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
+}
+
+
+def _domain_error(error: grpc.aio.AioRpcError, peer: str) -> Exception:
+    kind = _ERRORS.get(error.code())
+    if kind is None:
+        return error
+    reason = error_reason(error) or None
+    if kind is errors.FailedPrecondition and reason == "INSUFFICIENT_FUNDS":
+        kind = errors.InsufficientFunds
+    if kind is errors.Unavailable:
+        return errors.Unavailable(f"The {peer} cannot be reached; try again shortly.")
+    return kind(error.details() or f"The {peer} refused the call.", reason=reason)
+
+
+class ServiceToken:
+    """A token for our own calls, minted with the shared key and renewed before expiry."""
+
+    def __init__(self, signer: TokenSigner) -> None:
+        self._signer = signer
+        self._issued: IssuedToken | None = None
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        now = datetime.now(UTC)
+        if self._issued is None or self._issued.expires_at - now < timedelta(minutes=2):
+            principal = Principal(kind=PrincipalKind.SERVICE, subject="service-manager")
+            self._issued = self._signer.issue(principal, ttl=timedelta(minutes=10))
+        return bearer(self._issued.token)
+
+
+class Peers:
+    def __init__(self, billing_address: str, rating_address: str, token: ServiceToken) -> None:
+        self._billing_channel = client_channel(billing_address)
+        self._rating_channel = client_channel(rating_address)
+        self._billing = billing_pb2_grpc.BillingManagerStub(self._billing_channel)
+        self._rating = rating_pb2_grpc.RatingServiceStub(self._rating_channel)
+        self._token = token
+
+    async def close(self) -> None:
+        await self._billing_channel.close(None)
+        await self._rating_channel.close(None)
+
+    async def _call(self, peer: str, call: Callable[[], Awaitable[T]]) -> T:
+        try:
+            return await call_with_retry(call)
+        except grpc.aio.AioRpcError as error:
+            raise _domain_error(error, peer) from error
+
+    async def account(self, account_id: str) -> billing_pb2.Account:
+        request = billing_pb2.GetAccountRequest(account_id=account_id)
+        return await self._call(
+            "billing manager",
+            lambda: self._billing.GetAccount(request, metadata=self._token.metadata(), timeout=5),
+        )
+
+    async def reserve(self, account_id: str, amount: int, key: str, reference: str) -> str:
+        request = billing_pb2.ReserveRequest(
+            account_id=account_id, amount_micros=amount, idempotency_key=key, reference=reference
+        )
+        hold = await self._call(
+            "billing manager",
+            lambda: self._billing.Reserve(request, metadata=self._token.metadata(), timeout=5),
+        )
+        return hold.hold_id
+
+    async def capture(self, hold_id: str, amount: int, key: str) -> None:
+        request = billing_pb2.CaptureRequest(
+            hold_id=hold_id, amount_micros=amount, idempotency_key=key
+        )
+        await self._call(
+            "billing manager",
+            lambda: self._billing.Capture(request, metadata=self._token.metadata(), timeout=5),
+        )
+
+    async def release(self, hold_id: str, key: str) -> None:
+        request = billing_pb2.ReleaseRequest(hold_id=hold_id, idempotency_key=key)
+        await self._call(
+            "billing manager",
+            lambda: self._billing.Release(request, metadata=self._token.metadata(), timeout=5),
+        )
+
+    async def rate(self, service_type: ServiceType, endpoint: str) -> SessionRate:
+        request = rating_pb2.GetRateRequest(
+            service_type=service_type_to_wire(service_type), endpoint=endpoint
+        )
+        rate = await self._call(
+            "rating service",
+            lambda: self._rating.GetRate(request, metadata=self._token.metadata(), timeout=5),
+        )
+        return SessionRate(
+            tariff_id=rate.tariff_id,
+            prefix=rate.prefix,
+            unit=Unit(types_pb2.Unit.Name(rate.unit)),
+            currency=rate.currency,
+            terms=RateTerms(
+                price_per_unit_micros=rate.price_per_unit_micros,
+                increment_units=rate.increment_units,
+                minimum_units=rate.minimum_units,
+                setup_fee_micros=rate.setup_fee_micros,
+            ),
+        )

@@ -14,6 +14,7 @@ from meterline.kernel.pricing import Price, RateTerms, price_units
 MAX_ENDPOINT_LENGTH = 256
 MAX_PREFIX_LENGTH = 64
 MAX_UNITS = 10**15
+MAX_PRICE_MICROS = 10**12  # one million currency units
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,8 +70,11 @@ def validate_tariff(tariff: Tariff) -> Tariff:
     if terms.setup_fee_micros < 0:
         raise InvalidArgument("setup_fee_micros cannot be negative.")
     for value in (terms.price_per_unit_micros, terms.setup_fee_micros):
-        if value > money.MAX_AMOUNT_MICROS // MAX_UNITS:
-            raise InvalidArgument(f"{value} micro-units is too large for a tariff price.")
+        if value > MAX_PRICE_MICROS:
+            raise InvalidArgument(
+                f"{money.format_amount(value)} is more than a tariff price may be "
+                f"({money.format_amount(MAX_PRICE_MICROS)})."
+            )
     try:
         money.check_currency(tariff.currency)
     except money.AmountError as exc:

@@ -1,0 +1,25 @@
+"""Fixtures shared by every suite: the test run's real stores and a running stack."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from tests.support.stack import InProcessStack, start_in_process
+from tests.support.stores import StoreUrls, test_stores
+
+
+@pytest.fixture(scope="session")
+def stores() -> Iterator[StoreUrls]:
+    with test_stores() as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+async def stack(stores: StoreUrls) -> AsyncIterator[InProcessStack]:
+    running = await start_in_process(stores)
+    try:
+        yield running
+    finally:
+        await running.close()

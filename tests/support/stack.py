@@ -1,0 +1,156 @@
+"""The three services, in this process (integration tests) or as separate processes
+(end-to-end tests), on loopback ports, against the test run's stores."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+import billing_manager.server
+import rating_service.server
+import service_manager.server
+from meterline.kernel.config import Endpoints, QuotaPolicy, Settings, Stores
+from meterline.kernel.principals import Principal, PrincipalKind
+from meterline.kernel.runtime import ServiceHandle
+from meterline.kernel.tokens import TokenSigner
+from tests.support.stores import StoreUrls
+
+TOKEN_SECRET = "test-secret-" + "x" * 40
+
+
+def settings_for(stores: StoreUrls, endpoints: Endpoints | None = None) -> Settings:
+    return Settings(
+        endpoints=endpoints or Endpoints(),
+        stores=Stores(
+            rating_database_url=stores.rating_url,
+            billing_database_url=stores.billing_url,
+            service_database_url=stores.service_url,
+            redis_url=stores.redis_url,
+            redis_prefix=stores.redis_prefix,
+        ),
+        quota=QuotaPolicy(validity_seconds=60),
+        token_secret=TOKEN_SECRET,
+    )
+
+
+def operator_token(secret: str = TOKEN_SECRET) -> str:
+    signer = TokenSigner(secret)
+    return signer.issue(Principal(kind=PrincipalKind.OPERATOR, subject="test-operator")).token
+
+
+def token_for(principal: Principal, ttl: timedelta | None = None) -> str:
+    return TokenSigner(TOKEN_SECRET).issue(principal, ttl).token
+
+
+def metadata(token: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {token}"),)
+
+
+@dataclass
+class InProcessStack:
+    rating: ServiceHandle
+    billing: ServiceHandle
+    service: ServiceHandle
+    endpoints: Endpoints
+    settings: Settings
+
+    async def close(self) -> None:
+        for handle in (self.service, self.billing, self.rating):
+            await handle.close(grace=0.5)
+
+
+async def start_in_process(stores: StoreUrls, quota: QuotaPolicy | None = None) -> InProcessStack:
+    settings = settings_for(stores)
+    if quota is not None:
+        settings = replace(settings, quota=quota)
+    rating = await rating_service.server.start(settings, "127.0.0.1:0")
+    billing = await billing_manager.server.start(settings, "127.0.0.1:0")
+    endpoints = Endpoints(
+        rating=f"127.0.0.1:{rating.port}", billing=f"127.0.0.1:{billing.port}", service=""
+    )
+    settings = replace(settings, endpoints=endpoints)
+    service = await service_manager.server.start(settings, "127.0.0.1:0")
+    endpoints = replace(endpoints, service=f"127.0.0.1:{service.port}")
+    return InProcessStack(rating, billing, service, endpoints, replace(settings, endpoints=endpoints))
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_until_serving(address: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
+    deadline = time.monotonic() + seconds
+    with grpc.insecure_channel(address) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server for {address} exited with {process.returncode}")
+            try:
+                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise TimeoutError(f"{address} did not become healthy in {seconds} s")
+
+
+def environment(stores: StoreUrls, endpoints: Endpoints) -> dict[str, str]:
+    return {
+        **os.environ,
+        "METERLINE_RATING_DATABASE_URL": stores.rating_url,
+        "METERLINE_BILLING_DATABASE_URL": stores.billing_url,
+        "METERLINE_SERVICE_DATABASE_URL": stores.service_url,
+        "METERLINE_REDIS_URL": stores.redis_url,
+        "METERLINE_REDIS_PREFIX": stores.redis_prefix,
+        "METERLINE_TOKEN_SECRET": TOKEN_SECRET,
+        "METERLINE_RATING_ADDRESS": endpoints.rating,
+        "METERLINE_BILLING_ADDRESS": endpoints.billing,
+        "METERLINE_SERVICE_ADDRESS": endpoints.service,
+    }
+
+
+@contextmanager
+def service_processes(stores: StoreUrls, log_dir: Path) -> Iterator[Endpoints]:
+    """The three services, each its own `python -m <package>` process."""
+    endpoints = Endpoints(
+        rating=f"127.0.0.1:{free_port()}",
+        billing=f"127.0.0.1:{free_port()}",
+        service=f"127.0.0.1:{free_port()}",
+    )
+    env = environment(stores, endpoints)
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        for package, address in (
+            ("rating_service", endpoints.rating),
+            ("billing_manager", endpoints.billing),
+            ("service_manager", endpoints.service),
+        ):
+            log = (log_dir / f"{package}.log").open("wb")
+            process = subprocess.Popen(
+                [sys.executable, "-m", package], env=env, stdout=log, stderr=subprocess.STDOUT
+            )
+            processes.append(process)
+            wait_until_serving(address, process)
+        yield endpoints
+    finally:
+        for process in processes:
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()

@@ -1,0 +1,1 @@
+"""The `meterline` command line: run the stack, operate accounts, tariffs and sessions."""

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
+from tests.support.clients import Stubs, stubs
 from tests.support.stack import InProcessStack, start_in_process
 from tests.support.stores import StoreUrls, test_stores
 
@@ -23,3 +24,12 @@ async def stack(stores: StoreUrls) -> AsyncIterator[InProcessStack]:
         yield running
     finally:
         await running.close()
+
+
+@pytest.fixture
+async def api(stack: InProcessStack) -> AsyncIterator[Stubs]:
+    connected = stubs(stack.endpoints)
+    try:
+        yield connected
+    finally:
+        await connected.close()

@@ -82,7 +82,9 @@ async def start_in_process(stores: StoreUrls, quota: QuotaPolicy | None = None) 
     settings = replace(settings, endpoints=endpoints)
     service = await service_manager.server.start(settings, "127.0.0.1:0")
     endpoints = replace(endpoints, service=f"127.0.0.1:{service.port}")
-    return InProcessStack(rating, billing, service, endpoints, replace(settings, endpoints=endpoints))
+    return InProcessStack(
+        rating, billing, service, endpoints, replace(settings, endpoints=endpoints)
+    )
 
 
 def free_port() -> int:

@@ -16,8 +16,12 @@ import psycopg
 import redis
 
 from meterline.kernel.db import drop_database, ensure_database, libpq_dsn
-from meterline.kernel.embedded import start_embedded_postgres, start_embedded_redis
-from meterline.kernel.embedded import stop_embedded_postgres, stop_embedded_redis
+from meterline.kernel.embedded import (
+    start_embedded_postgres,
+    start_embedded_redis,
+    stop_embedded_postgres,
+    stop_embedded_redis,
+)
 
 DEFAULT_POSTGRES = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_REDIS = "redis://127.0.0.1:6379/0"

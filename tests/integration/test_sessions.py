@@ -1,0 +1,209 @@
+"""Quota slices, cut-offs and settlement, through the SDK, on a stack with small slices
+and a short liveness timeout."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+
+from client_sdk import ClientConfig, MeterlineClient, ServiceType, TerminationReason
+from meterline.billing.v1 import billing_pb2
+from meterline.kernel.config import QuotaPolicy
+from meterline.kernel.principals import Principal, PrincipalKind
+from meterline.service.v1 import service_pb2
+from tests.support.clients import (
+    OPERATOR,
+    Stubs,
+    device_credential,
+    ensure_tariff,
+    new_account,
+    stubs,
+)
+from tests.support.stack import InProcessStack, metadata, start_in_process, token_for
+from tests.support.stores import StoreUrls
+
+pytestmark = pytest.mark.integration
+
+SLICE = 10
+VALIDITY = 2
+
+
+@pytest.fixture(scope="module")
+async def small_slices(stores: StoreUrls) -> AsyncIterator[InProcessStack]:
+    running = await start_in_process(
+        stores, QuotaPolicy(slice_seconds=SLICE, validity_seconds=VALIDITY)
+    )
+    try:
+        yield running
+    finally:
+        await running.close()
+
+
+@pytest.fixture
+async def quota_api(small_slices: InProcessStack) -> AsyncIterator[Stubs]:
+    connected = stubs(small_slices.endpoints)
+    await ensure_tariff(connected.rating, "+33", 10_000)
+    try:
+        yield connected
+    finally:
+        await connected.close()
+
+
+async def _client(stack: InProcessStack, api: Stubs, funded: int) -> MeterlineClient:
+    account_id = await new_account(api.billing, funded)
+    client_id, secret = await device_credential(api.auth, account_id)
+    client = MeterlineClient(
+        ClientConfig(
+            service_addresses=[stack.endpoints.service],
+            auth_addresses=[stack.endpoints.billing],
+            client_id=client_id,
+            client_secret=secret,
+            report_interval=0.05,
+        )
+    )
+    await client.login()
+    return client
+
+
+async def _account(api: Stubs, account_id: str) -> billing_pb2.Account:
+    return await api.billing.GetAccount(
+        billing_pb2.GetAccountRequest(account_id=account_id), metadata=OPERATOR
+    )
+
+
+async def test_slices_are_reserved_as_usage_grows(
+    small_slices: InProcessStack, quota_api: Stubs
+) -> None:
+    client = await _client(small_slices, quota_api, 1_000_000)
+    try:
+        session = await client.start_service(ServiceType.VOICE, "+33123")
+        assert session.granted_units == SLICE
+        assert (await _account(quota_api, client.account_id)).held_micros == 100_000
+        nine = await session.report(9)
+        assert nine.granted_units == 2 * SLICE
+        later = await session.report(35)
+        assert later.granted_units == 45
+        assert (await _account(quota_api, client.account_id)).held_micros == 450_000
+        record = await session.stop(35)
+        assert record.charged_micros == 350_000
+        again = await client.stop_session(session.session_id, 35)
+        assert again.charged_micros == 350_000
+    finally:
+        await client.close()
+    account = await _account(quota_api, client.account_id)
+    assert (account.balance_micros, account.held_micros) == (650_000, 0)
+
+
+async def test_balance_exhaustion_warns_then_cuts_off(
+    small_slices: InProcessStack, quota_api: Stubs
+) -> None:
+    client = await _client(small_slices, quota_api, 100_000)
+    try:
+        session = await client.start_service(ServiceType.VOICE, "+33123")
+        assert session.granted_units == SLICE
+        warned = await session.report(8)
+        assert warned.final_units and not warned.ended
+        assert warned.termination_reason is TerminationReason.BALANCE_EXHAUSTED
+        cut = await session.report(12)
+        assert cut.ended
+        assert cut.termination_reason is TerminationReason.BALANCE_EXHAUSTED
+        assert session.ended
+        record = await session.stop()
+        assert record.termination_reason is TerminationReason.BALANCE_EXHAUSTED
+        assert (record.used_units, record.billed_units) == (12, 10)
+        assert record.charged_micros == 100_000
+    finally:
+        await client.close()
+    account = await _account(quota_api, client.account_id)
+    assert (account.balance_micros, account.available_micros) == (0, 0)
+
+
+async def test_silence_ends_the_service(small_slices: InProcessStack, quota_api: Stubs) -> None:
+    client = await _client(small_slices, quota_api, 1_000_000)
+    try:
+        session = await client.start_service(ServiceType.VOICE, "+33123")
+        await session.report(3)
+        for _ in range(60):
+            await asyncio.sleep(0.2)
+            active = await quota_api.service.ListActiveSessions(
+                service_pb2.ListActiveSessionsRequest(account_id=client.account_id),
+                metadata=OPERATOR,
+            )
+            if not active.sessions:
+                break
+        assert not active.sessions
+        record = await client.stop_session(session.session_id, 3)
+        assert record.termination_reason is TerminationReason.LIVENESS_TIMEOUT
+        assert record.charged_micros == 30_000
+    finally:
+        await client.close()
+    assert (await _account(quota_api, client.account_id)).balance_micros == 970_000
+
+
+async def test_usage_source_reports_on_its_own(
+    small_slices: InProcessStack, quota_api: Stubs
+) -> None:
+    client = await _client(small_slices, quota_api, 1_000_000)
+    counter = iter(range(1, 1000))
+    try:
+        session = await client.start_service(
+            ServiceType.VOICE, "+33123", usage_source=lambda: next(counter)
+        )
+        seen = []
+        async for update in session.updates():
+            seen.append(update)
+            if len(seen) == 3:
+                break
+        assert [update.used_units for update in seen] == [1, 2, 3]
+        assert [update.charged_micros for update in seen] == [10_000, 20_000, 30_000]
+        record = await session.stop(5)
+        assert record.charged_micros == 50_000
+    finally:
+        await client.close()
+
+
+async def test_gateways_hear_of_terminations_and_report_usage(
+    small_slices: InProcessStack, quota_api: Stubs
+) -> None:
+    client = await _client(small_slices, quota_api, 1_000_000)
+    gateway = metadata(
+        token_for(Principal(kind=PrincipalKind.GATEWAY, subject="gw", gateway_id="local"))
+    )
+    other_gateway = metadata(
+        token_for(Principal(kind=PrincipalKind.GATEWAY, subject="gw2", gateway_id="elsewhere"))
+    )
+    try:
+        session = await client.start_service(ServiceType.VOICE, "+33123")
+        assert session.gateway_id == "local"
+        watch = quota_api.service.WatchTerminations(
+            service_pb2.WatchTerminationsRequest(gateway_id="local"), metadata=gateway
+        )
+        await asyncio.sleep(0.3)  # let the subscription start
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await quota_api.service.ReportGatewayUsage(
+                service_pb2.ReportGatewayUsageRequest(session_id=session.session_id, used_units=4),
+                metadata=other_gateway,
+            )
+        assert raised.value.code() is grpc.StatusCode.PERMISSION_DENIED
+        progress = await quota_api.service.ReportGatewayUsage(
+            service_pb2.ReportGatewayUsageRequest(session_id=session.session_id, used_units=4),
+            metadata=gateway,
+        )
+        assert progress.charged_micros == 40_000
+        ended = await quota_api.service.ReportGatewayUsage(
+            service_pb2.ReportGatewayUsageRequest(
+                session_id=session.session_id, used_units=7, ended=True
+            ),
+            metadata=gateway,
+        )
+        assert ended.record.charged_micros == 70_000
+        assert ended.record.termination_reason == service_pb2.TERMINATION_REASON_GATEWAY
+        termination = await asyncio.wait_for(watch.read(), timeout=5)
+        assert termination.session_id == session.session_id
+        assert termination.ended
+        watch.cancel()
+    finally:
+        await client.close()

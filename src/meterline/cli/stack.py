@@ -3,6 +3,8 @@ services, each its own process, on this machine."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import os
 import subprocess
@@ -125,7 +127,24 @@ class LocalStack:
             except (RuntimeError, TimeoutError) as error:
                 raise StackError(f"the {role} service did not start: {error}") from error
             log.info("%s service serving on %s (log: %s)", role, address, log_path)
-        return RunningStack(endpoints, stores, secret, log_dir, embedded)
+        running = RunningStack(endpoints, stores, secret, log_dir, embedded)
+        self._write_state(running)
+        return running
+
+    @property
+    def state_file(self) -> Path:
+        """Where a running stack tells other tools its addresses and store URLs."""
+        return self._settings.data_dir / "stack.json"
+
+    def _write_state(self, running: RunningStack) -> None:
+        state = {
+            "endpoints": dataclasses.asdict(running.endpoints),
+            "stores": dataclasses.asdict(running.stores),
+            "embedded": running.embedded,
+            "pid": os.getpid(),
+        }
+        self.state_file.write_text(json.dumps(state, indent=2))
+        self._exit.callback(self.state_file.unlink, missing_ok=True)
 
     def close(self) -> None:
         stop_processes(self._processes)

@@ -3,7 +3,7 @@
 Usage: python scripts/gen_protos.py [OUT_DIR]   (default: src)
 
 The generated modules follow the proto packages: meterline.rating.v1 becomes
-src/meterline/rating/v1/. They are committed; tests/test_wire_contract.py fails
+src/meterline/rating/v1/. They are committed; tests/lint/test_static_checks.py fails
 when this script would change them.
 """
 

@@ -11,7 +11,7 @@ from billing_manager.domain.ledger import AccountView, Hold, Invoice, Transactio
 from billing_manager.ledger import Ledger
 from meterline.auth.v1 import auth_pb2, auth_pb2_grpc
 from meterline.billing.v1 import billing_pb2, billing_pb2_grpc
-from meterline.kernel.errors import InvalidArgument
+from meterline.kernel.errors import InvalidArgument, NotFound, PermissionDenied
 from meterline.kernel.grpc_errors import unary
 from meterline.kernel.grpc_server import Authenticator
 from meterline.kernel.principals import PrincipalKind
@@ -201,7 +201,13 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
     ) -> billing_pb2.Invoice:
         principal = self._auth.principal(context)
         invoice = await self._ledger.get_invoice(request.invoice_id)
-        principal.require_account(invoice.account_id)
+        try:
+            principal.require_account(invoice.account_id)
+        except PermissionDenied:
+            # Someone else's bill looks like no bill: ids must not be probeable.
+            raise NotFound(
+                f"There is no invoice {request.invoice_id!r}.", reason="INVOICE_NOT_FOUND"
+            ) from None
         return invoice_to_wire(invoice)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import grpc
 
@@ -50,8 +50,8 @@ def _record(record: service_pb2.ServiceRecord) -> ServiceRecord:
         service_type=ServiceType(types_pb2.ServiceType.Name(record.service_type)),
         endpoint=record.endpoint,
         rate=_rate(record.rate),
-        started_at=record.started_at.ToDatetime(),
-        ended_at=record.ended_at.ToDatetime(),
+        started_at=record.started_at.ToDatetime(tzinfo=UTC),
+        ended_at=record.ended_at.ToDatetime(tzinfo=UTC),
         duration=timedelta(seconds=record.duration.ToTimedelta().total_seconds()),
         used_units=record.used_units,
         billed_units=record.billed_units,

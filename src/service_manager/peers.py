@@ -37,6 +37,12 @@ _ERRORS: dict[grpc.StatusCode, type[errors.MeterlineError]] = {
 
 
 def _domain_error(error: grpc.aio.AioRpcError, peer: str) -> Exception:
+    if error.code() is grpc.StatusCode.UNAUTHENTICATED:
+        return errors.FailedPrecondition(
+            f"The {peer} refused the service manager's own token; every service of an "
+            "installation must share the same METERLINE_TOKEN_SECRET.",
+            reason="PEER_REFUSED_TOKEN",
+        )
     kind = _ERRORS.get(error.code())
     if kind is None:
         return error

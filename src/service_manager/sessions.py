@@ -12,6 +12,7 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meterline.billing.v1 import billing_pb2
 from meterline.kernel.config import QuotaPolicy
 from meterline.kernel.errors import (
     AlreadyExists,
@@ -97,7 +98,6 @@ class SessionService:
     ) -> None:
         self._engine = engine
         self._peers = peers
-        self._presence = presence
         self.presence = presence
         self._quota = quota
         self._signer = signer
@@ -140,7 +140,7 @@ class SessionService:
                 return await self._repeat_start(principal, existing, account_id, endpoint)
 
         account = await self._peers.account(account_id)
-        if account.status != 1:  # ACCOUNT_STATUS_ACTIVE
+        if account.status != billing_pb2.ACCOUNT_STATUS_ACTIVE:
             raise FailedPrecondition(
                 f"Account {account_id} is suspended; it cannot start services.",
                 reason="ACCOUNT_SUSPENDED",
@@ -201,7 +201,7 @@ class SessionService:
         session = replace(
             session, granted_units=grant.granted_units, held_micros=grant.amount_micros
         )
-        await self._presence.add(session)
+        await self.presence.add(session)
         log.info(
             "session %s started for account %s (%s to %s)",
             session.session_id,
@@ -330,7 +330,7 @@ class SessionService:
             termination = Termination(reason, rules.TERMINATION_MESSAGES[reason], False, True)
             available = account.available_micros
         else:
-            await self._presence.update_usage(session_id, session.used_units)
+            await self.presence.update_usage(session_id, session.used_units)
             available = account.available_micros + session.held_micros - session.charged_micros
             slice_units = self.slice_units(session.rate.unit)
             if rules.needs_next_slice(session, session.used_units, slice_units):
@@ -348,8 +348,8 @@ class SessionService:
                         final_unit_indication=True,
                         ended=False,
                     )
-        await self._presence.publish(
-            self._presence.account_channel(session.account_id),
+        await self.presence.publish(
+            self.presence.account_channel(session.account_id),
             {
                 "account_id": session.account_id,
                 "session_id": session_id,
@@ -420,7 +420,7 @@ class SessionService:
                 await self._store.finish(conn, session, ended_at)
             record = await self._store.record(conn, session_id)
             assert record is not None
-        await self._presence.remove(session_id)
+        await self.presence.remove(session_id)
         final_reason = session.termination_reason or reason
         event = {
             "session_id": session_id,
@@ -428,7 +428,19 @@ class SessionService:
             "reason": final_reason.value,
             "message": rules.TERMINATION_MESSAGES[final_reason],
         }
-        await self._presence.publish(self._presence.gateway_channel(session.gateway_id), event)
+        await self.presence.publish(self.presence.gateway_channel(session.gateway_id), event)
+        await self.presence.publish(
+            self.presence.account_channel(session.account_id),
+            {
+                "account_id": session.account_id,
+                "session_id": session_id,
+                "balance_micros": (await self._peers.account(session.account_id)).available_micros,
+                "charged_micros": record["charged_micros"],
+                "used_units": record["used_units"],
+                "ended": True,
+                "reason": final_reason.value,
+            },
+        )
         log.info(
             "session %s ended (%s): %d units, %d micros",
             session_id,
@@ -458,7 +470,7 @@ class SessionService:
             if account_id and account_id != principal.account_id:
                 raise PermissionDenied("A device may list only its own account's sessions.")
             account_id = principal.account_id
-        users = await self._presence.active(account_id)
+        users = await self.presence.active(account_id)
         if principal.kind is PrincipalKind.GATEWAY:
             users = [user for user in users if user.gateway_id == principal.gateway_id]
         return users

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -62,6 +63,15 @@ def hold(amount: int) -> Hold:
         reference="ses_1",
         created_at=NOW,
     )
+
+
+def _refusal(check: Callable[[], None]) -> Exception | None:
+    """The error a check raises, or None when it lets the request through."""
+    try:
+        check()
+    except Exception as error:
+        return error
+    return None
 
 
 # -- entries --------------------------------------------------------------------------------
@@ -162,7 +172,7 @@ def test_a_reserve_may_take_available_down_to_minus_the_credit_limit(
     available: int, credit_limit: int, amount: int
 ) -> None:
     balances = Balances(available_micros=available, held_micros=0)
-    assert ensure_can_reserve(balances, credit_limit, amount) is None
+    assert _refusal(lambda: ensure_can_reserve(balances, credit_limit, amount)) is None
 
 
 @pytest.mark.parametrize(
@@ -273,7 +283,7 @@ def test_validate_new_account_refuses(
     [("Acme", "EUR", 0), ("x" * MAX_DISPLAY_NAME_LENGTH, "USD", 5_000_000)],
 )
 def test_validate_new_account_accepts(display_name: str, currency: str, credit_limit: int) -> None:
-    assert validate_new_account(display_name, currency, credit_limit) is None
+    assert _refusal(lambda: validate_new_account(display_name, currency, credit_limit)) is None
 
 
 @pytest.mark.xfail(
@@ -362,7 +372,7 @@ def test_a_credential_makes_its_principal() -> None:
 def test_validate_new_credential_accepts(
     kind: PrincipalKind, account_id: str, gateway_name: str
 ) -> None:
-    assert validate_new_credential(kind, account_id, gateway_name) is None
+    assert _refusal(lambda: validate_new_credential(kind, account_id, gateway_name)) is None
 
 
 @pytest.mark.parametrize(

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
+import importlib.util
+
 import pytest
 
 from meterline.kernel.money import AmountError
 from meterline.kernel.pricing import Price, RateTerms, affordable_units, price_units
 
-try:
-    from hypothesis import given, settings
-    from hypothesis import strategies as st
-except ImportError:  # pragma: no cover - hypothesis is a dev dependency
-    given = None
+HAVE_HYPOTHESIS = importlib.util.find_spec("hypothesis") is not None
 
 pytestmark = pytest.mark.unit
 
@@ -145,7 +143,10 @@ def test_affordable_units_result_is_a_multiple_of_the_increment_as_documented() 
 
 # -- properties -----------------------------------------------------------------------------
 
-if given is not None:
+if HAVE_HYPOTHESIS:
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
     PROPERTY = settings(max_examples=200, deadline=None, database=None)
 
     rate_terms = st.builds(

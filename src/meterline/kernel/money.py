@@ -12,8 +12,8 @@ from decimal import Decimal, InvalidOperation
 MICROS_PER_UNIT = 1_000_000
 MAX_AMOUNT_MICROS = 2**63 - 1
 
-_AMOUNT_TEXT = re.compile(r"^-?\d+(\.\d{1,6})?$")
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_AMOUNT_TEXT = re.compile(r"-?[0-9]+(\.[0-9]{1,6})?")
+_CURRENCY = re.compile(r"[A-Z]{3}")
 
 
 class AmountError(ValueError):
@@ -23,7 +23,7 @@ class AmountError(ValueError):
 def parse_amount(text: str) -> int:
     """Turn a decimal string in currency units ("1.00", "0.005") into micro-units."""
     cleaned = text.strip()
-    if not _AMOUNT_TEXT.match(cleaned):
+    if not _AMOUNT_TEXT.fullmatch(cleaned):
         raise AmountError(
             f"'{text}' is not an amount: write a decimal number with at most 6 decimal "
             "places, such as 1.00"
@@ -53,7 +53,7 @@ def check_micros(micros: int) -> int:
 
 def check_currency(code: str) -> str:
     """An ISO 4217 code: three capital letters."""
-    if not _CURRENCY.match(code):
+    if not _CURRENCY.fullmatch(code):
         raise AmountError(f"'{code}' is not a currency code: use three capital letters, like EUR")
     return code
 

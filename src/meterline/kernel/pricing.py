@@ -48,8 +48,9 @@ def price_units(terms: RateTerms, units: int) -> Price:
 
 
 def affordable_units(terms: RateTerms, from_units: int, budget_micros: int, limit: int) -> int:
-    """The most units, at most `limit` and a multiple of the increment, whose price beyond
-    the price of `from_units` fits in `budget_micros`; `from_units` if none do.
+    """The most units, `from_units` plus whole billing increments and at most `limit`,
+    whose price beyond the price of `from_units` fits in `budget_micros`; `from_units` if
+    not one more increment fits. Grants start at 0, so they stay whole increments.
 
     Used to size a quota grant to what the balance can fund.
     """

@@ -32,7 +32,7 @@ class TokenSigner:
 
     def issue(self, principal: Principal, ttl: timedelta | None = None) -> IssuedToken:
         now = datetime.now(UTC)
-        expires_at = now + (ttl or self._ttl)
+        expires_at = now + (self._ttl if ttl is None else ttl)
         claims = {
             "iss": _ISSUER,
             "sub": principal.subject,

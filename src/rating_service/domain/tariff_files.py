@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,7 @@ COLUMNS = (
     "currency",
     "description",
 )
+_WHOLE = re.compile(r"-?[0-9]+")
 REQUIRED = ("service_type", "unit", "price_per_unit", "currency")
 
 
@@ -44,7 +47,7 @@ def _whole(value: Any, field: str, default: int) -> int:
     if value is None or str(value).strip() == "":
         return default
     text = str(value).strip()
-    if not text.lstrip("-").isdigit():
+    if not _WHOLE.fullmatch(text):
         raise InvalidArgument(f"{field} must be a whole number, not {text!r}")
     return int(text)
 
@@ -52,14 +55,28 @@ def _whole(value: Any, field: str, default: int) -> int:
 def _amount(value: Any, field: str, default: int = 0) -> int:
     if value is None or str(value).strip() == "":
         return default
+    if isinstance(value, float):
+        # An unquoted YAML number: write it out in full (0.00001, not 1e-05).
+        value = format(Decimal(repr(value)), "f")
     try:
         return money.parse_amount(str(value))
     except money.AmountError as exc:
         raise InvalidArgument(f"{field}: {exc}") from exc
 
 
+def _prefix(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        # YAML reads +44 as 44 and 0044 as 36: a number is never what was meant.
+        raise InvalidArgument(f'prefix {value!r} was read as a number; quote it (prefix: "+44")')
+    return value.strip()
+
+
 def tariff_from_row(row: Mapping[str, Any]) -> Tariff:
     """One sheet row; prices are decimal amounts in currency units ("0.01")."""
+    if None in row:
+        raise InvalidArgument("the row has more values than the header has columns")
     unknown = set(row) - set(COLUMNS)
     if unknown:
         raise InvalidArgument(f"unknown column(s): {', '.join(sorted(map(str, unknown)))}")
@@ -81,7 +98,7 @@ def tariff_from_row(row: Mapping[str, Any]) -> Tariff:
     tariff = Tariff(
         tariff_id="",
         service_type=service_type,
-        prefix=str(row.get("prefix") or "").strip(),
+        prefix=_prefix(row.get("prefix")),
         unit=unit,
         terms=RateTerms(
             price_per_unit_micros=_amount(row["price_per_unit"], "price_per_unit"),
@@ -115,7 +132,7 @@ def _rows(path: Path, text: str) -> list[tuple[int, Mapping[str, Any]]]:
 def read_tariff_file(path: Path) -> list[Tariff]:
     """All tariffs of a sheet, or a TariffFileError listing every bad row."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a BOM from spreadsheet exports is fine
     except OSError as exc:
         raise TariffFileError(str(path), [f"cannot read it: {exc.strerror}"]) from exc
     label = "item" if path.suffix.lower() in (".yaml", ".yml") else "line"

@@ -17,12 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import grpc  # noqa: E402
+import grpc
+from tests.support.clients import device, ensure_tariff, new_account, stubs
+from tests.support.stack import start_in_process
+from tests.support.stores import test_stores
 
-from meterline.service.v1 import service_pb2  # noqa: E402
-from tests.support.clients import device, ensure_tariff, new_account, stubs  # noqa: E402
-from tests.support.stack import start_in_process  # noqa: E402
-from tests.support.stores import test_stores  # noqa: E402
+from meterline.service.v1 import service_pb2
 
 ECHO_METHOD = "/bench.Echo/Stream"
 

@@ -245,6 +245,7 @@ class SessionService:
     async def _record_grant(
         self, conn: AsyncConnection, session: Session, number: int, hold_id: str, grant: rules.Grant
     ) -> None:
+        await self._store.full_durability(conn)
         if hold_id:
             await self._store.add_hold(
                 conn, session.session_id, number, hold_id, grant.amount_micros, grant.granted_units
@@ -302,6 +303,9 @@ class SessionService:
         """Apply one Resource Utilization Update."""
         exhausted = False
         async with self._engine.begin() as conn:
+            # Usage is cumulative, so an update lost in a crash is repaired by the next
+            # one: it need not wait for the WAL flush. A new quota slice turns this back on.
+            await self._store.relax_durability(conn)
             session = await self._locked(conn, principal, session_id)
             if (
                 session.status is SessionStatus.ACTIVE
@@ -316,13 +320,14 @@ class SessionService:
                 exhausted = used_units >= session.granted_units
         if exhausted:
             await self.settle(session_id, None, TerminationReason.BALANCE_EXHAUSTED)
-        return await self._metered(session_id)
+            async with self._engine.connect() as conn:
+                settled = await self._store.get(conn, session_id)
+            assert settled is not None
+            session = settled
+        return await self._metered(session)
 
-    async def _metered(self, session_id: str) -> Metered:
-        async with self._engine.connect() as conn:
-            session = await self._store.get(conn, session_id)
-        if session is None:  # pragma: no cover - sessions are never deleted
-            raise NotFound(f"There is no session {session_id!r}.")
+    async def _metered(self, session: Session) -> Metered:
+        session_id = session.session_id
         account = await self._peers.account(session.account_id)
         termination = None
         if session.status is not SessionStatus.ACTIVE:
@@ -330,7 +335,6 @@ class SessionService:
             termination = Termination(reason, rules.TERMINATION_MESSAGES[reason], False, True)
             available = account.available_micros
         else:
-            await self.presence.update_usage(session_id, session.used_units)
             available = account.available_micros + session.held_micros - session.charged_micros
             slice_units = self.slice_units(session.rate.unit)
             if rules.needs_next_slice(session, session.used_units, slice_units):
@@ -348,8 +352,8 @@ class SessionService:
                         final_unit_indication=True,
                         ended=False,
                     )
-        await self.presence.publish(
-            self.presence.account_channel(session.account_id),
+        await self.presence.record_usage(
+            session,
             {
                 "account_id": session.account_id,
                 "session_id": session_id,

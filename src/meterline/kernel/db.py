@@ -35,7 +35,7 @@ def libpq_dsn(url: str) -> str:
 
 def create_engine_for(url: str, pool_size: int = 10) -> AsyncEngine:
     return create_async_engine(
-        sqlalchemy_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
+        sqlalchemy_url(url), pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=False
     )
 
 

@@ -62,8 +62,13 @@ class Presence:
             pipe.zadd(self._active_key, {session.session_id: session.started_at.timestamp()})
             await pipe.execute()
 
-    async def update_usage(self, session_id: str, used_units: int) -> None:
-        await self._redis.hset(self._session_key(session_id), "used_units", used_units)
+    async def record_usage(self, session: Session, event: dict[str, Any]) -> None:
+        """Note an active session's usage and tell the account's displays, in one trip."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            if not event["ended"]:
+                pipe.hset(self._session_key(session.session_id), "used_units", session.used_units)
+            pipe.publish(self.account_channel(session.account_id), json.dumps(event))
+            await pipe.execute()
 
     async def remove(self, session_id: str) -> None:
         async with self._redis.pipeline(transaction=True) as pipe:

@@ -6,7 +6,7 @@ from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -69,6 +69,12 @@ def _session(row: Any) -> Session:
 
 
 class SessionStore:
+    async def relax_durability(self, conn: AsyncConnection) -> None:
+        await conn.execute(text("SET LOCAL synchronous_commit = off"))
+
+    async def full_durability(self, conn: AsyncConnection) -> None:
+        await conn.execute(text("SET LOCAL synchronous_commit = on"))
+
     async def choose_gateway(
         self, conn: AsyncConnection, service_type: ServiceType
     ) -> tuple[str, str] | None:

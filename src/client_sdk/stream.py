@@ -21,6 +21,11 @@ from meterline.service.v1 import service_pb2, service_pb2_grpc
 
 log = logging.getLogger(__name__)
 
+# What a stream reports when its connection breaks, rather than the server answering.
+BROKEN_STREAM_CODES = frozenset(
+    {grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN, grpc.StatusCode.CANCELLED}
+)
+
 
 class MeterStream:
     def __init__(self, pool: ServerPool, tokens: TokenProvider, session_id: str) -> None:
@@ -54,6 +59,16 @@ class MeterStream:
             self._reset()
             if error_reason(error) == "TOKEN_EXPIRED":
                 self._tokens.invalidate()
+            if error.code() in BROKEN_STREAM_CODES:
+                # The connection broke under the stream (a server died mid-call). Resending
+                # the cumulative update elsewhere is safe, so treat it as unavailable.
+                raise grpc.aio.AioRpcError(
+                    grpc.StatusCode.UNAVAILABLE,
+                    grpc.aio.Metadata(),
+                    grpc.aio.Metadata(),
+                    details=f"usage stream broke: {error.details()}",
+                    debug_error_string=None,
+                ) from error
             raise
         except asyncio.InvalidStateError:
             # The stream had already ended: surface its final status.

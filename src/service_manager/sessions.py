@@ -79,6 +79,10 @@ def _validate_endpoint(endpoint: str) -> str:
     return endpoint
 
 
+def _first_hold_key(session: Session) -> str:
+    return f"{session.session_id}:hold:1"
+
+
 def _reason_for(principal: Principal) -> TerminationReason:
     if principal.kind is PrincipalKind.GATEWAY:
         return TerminationReason.GATEWAY
@@ -184,20 +188,25 @@ class SessionService:
             granted_units=0,
             held_micros=0,
         )
+        # The session is written before its first hold, with the hold's amount pending: if
+        # this process dies between the two, settlement finds the hold by its key and
+        # releases it. A hold refused outright leaves no session behind.
+        session = replace(session, pending_hold_micros=grant.amount_micros)
+        async with self._engine.begin() as conn:
+            await self._store.insert(conn, session, request_id or None)
         hold_id = ""
         if grant.amount_micros:
-            hold_id = await self._peers.reserve(
-                account_id, grant.amount_micros, f"{session.session_id}:hold:1", session.session_id
-            )
-        try:
-            async with self._engine.begin() as conn:
-                await self._store.insert(conn, session, request_id or None)
-                await self._record_grant(conn, session, 1, hold_id, grant)
-        except Exception:
-            # Nothing half-written: give the first hold back before reporting the failure.
-            if hold_id:
-                await self._peers.release(hold_id, f"{session.session_id}:release:{hold_id}")
-            raise
+            try:
+                hold_id = await self._peers.reserve(
+                    account_id, grant.amount_micros, _first_hold_key(session), session.session_id
+                )
+            except (InsufficientFunds, FailedPrecondition, InvalidArgument, NotFound):
+                async with self._engine.begin() as conn:
+                    await self._store.delete_unstarted(conn, session.session_id)
+                raise
+        async with self._engine.begin() as conn:
+            await self._record_grant(conn, session, 1, hold_id, grant)
+        session = replace(session, pending_hold_micros=0)
         session = replace(
             session, granted_units=grant.granted_units, held_micros=grant.amount_micros
         )
@@ -394,6 +403,8 @@ class SessionService:
                 record = await self._store.record(conn, session_id)
                 assert record is not None
                 return record
+            if session.pending_hold_micros:
+                await self._resolve_pending_hold(conn, session)
             if session.status is SessionStatus.ACTIVE:
                 used = session.used_units if final_used is None else final_used
                 rules.validate_used_units(used)
@@ -453,6 +464,25 @@ class SessionService:
             record["charged_micros"],
         )
         return record
+
+    async def _resolve_pending_hold(self, conn: AsyncConnection, session: Session) -> None:
+        """A start that died between writing the session and recording its first hold:
+        repeat the reservation with its key (which returns the hold if it was made) and
+        record it, so settlement releases it; the client never got a grant, so nothing is
+        charged."""
+        try:
+            hold_id = await self._peers.reserve(
+                session.account_id,
+                session.pending_hold_micros,
+                _first_hold_key(session),
+                session.session_id,
+            )
+        except InsufficientFunds:
+            await self._store.forget_pending_hold(conn, session.session_id)
+            return
+        await self._store.add_hold(
+            conn, session.session_id, 1, hold_id, session.pending_hold_micros, 0
+        )
 
     async def expire_idle(self) -> int:
         """Terminate sessions that sent no update within the validity (liveness timeout),

@@ -7,11 +7,14 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import grpc
+import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from client_sdk import ClientConfig, MeterlineClient, ServiceType, TerminationReason
 from meterline.billing.v1 import billing_pb2
 from meterline.kernel.config import QuotaPolicy
+from meterline.kernel.db import libpq_dsn
 from meterline.kernel.principals import Principal, PrincipalKind
 from meterline.service.v1 import service_pb2
 from tests.support.clients import (
@@ -207,3 +210,74 @@ async def test_gateways_hear_of_terminations_and_report_usage(
         watch.cancel()
     finally:
         await client.close()
+
+
+async def test_a_start_that_died_after_its_first_hold_releases_it(
+    small_slices: InProcessStack, quota_api: Stubs, stores: StoreUrls
+) -> None:
+    """The service manager wrote the session and reserved its first hold, then died before
+    recording it: settlement finds the hold by its key and gives the money back."""
+    account_id = await new_account(quota_api.billing, 1_000_000)
+    session_id = f"ses_crashed_{account_id[-8:]}"
+    rate = {
+        "tariff_id": "t",
+        "prefix": "+33",
+        "unit": "SECOND",
+        "currency": "EUR",
+        "price_per_unit_micros": 10_000,
+        "increment_units": 1,
+        "minimum_units": 0,
+        "setup_fee_micros": 0,
+    }
+    with psycopg.connect(libpq_dsn(stores.service_url)) as conn:
+        conn.execute(
+            "INSERT INTO sessions (session_id, account_id, service_type, endpoint, gateway_id, "
+            "rate, status, pending_hold_micros) VALUES (%s, %s, 'VOICE', '+33123', 'local', "
+            "%s, 'ACTIVE', 100000)",
+            (session_id, account_id, Jsonb(rate)),
+        )
+    await quota_api.billing.Reserve(
+        billing_pb2.ReserveRequest(
+            account_id=account_id,
+            amount_micros=100_000,
+            idempotency_key=f"{session_id}:hold:1",
+            reference=session_id,
+        ),
+        metadata=OPERATOR,
+    )
+    assert (await _account(quota_api, account_id)).held_micros == 100_000
+
+    record = await quota_api.service.StopService(
+        service_pb2.StopServiceRequest(session_id=session_id, used_units=0), metadata=OPERATOR
+    )
+    assert record.charged_micros == 0
+    account = await _account(quota_api, account_id)
+    assert (account.balance_micros, account.available_micros, account.held_micros) == (
+        1_000_000,
+        1_000_000,
+        0,
+    )
+
+
+async def test_a_refused_first_hold_leaves_no_session(
+    small_slices: InProcessStack, quota_api: Stubs, stores: StoreUrls
+) -> None:
+    account_id = await new_account(quota_api.billing, 0)
+    client_id, secret = await device_credential(quota_api.auth, account_id)
+    with pytest.raises(grpc.aio.AioRpcError):
+        await quota_api.service.StartService(
+            service_pb2.StartServiceRequest(
+                account_id=account_id, service_type=1, endpoint="+33123"
+            ),
+            metadata=metadata(
+                token_for(
+                    Principal(kind=PrincipalKind.DEVICE, subject=client_id, account_id=account_id)
+                )
+            ),
+        )
+    assert secret
+    with psycopg.connect(libpq_dsn(stores.service_url)) as conn:
+        row = conn.execute(
+            "SELECT count(*) FROM sessions WHERE account_id = %s", (account_id,)
+        ).fetchone()
+    assert row == (0,)

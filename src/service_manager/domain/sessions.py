@@ -68,6 +68,8 @@ class Session:
     granted_units: int
     held_micros: int
     termination_reason: TerminationReason | None = None
+    pending_hold_micros: int = 0
+    """The first hold asked for but not yet recorded (only while a start is under way)."""
 
     @property
     def charged_micros(self) -> int:

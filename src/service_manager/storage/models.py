@@ -49,6 +49,8 @@ sessions = Table(
     Column("used_units", BigInteger, nullable=False, server_default="0"),
     Column("granted_units", BigInteger, nullable=False, server_default="0"),
     Column("held_micros", BigInteger, nullable=False, server_default="0"),
+    # The first hold's amount while it is being reserved; 0 once recorded (migration 0002).
+    Column("pending_hold_micros", BigInteger, nullable=False, server_default="0"),
     Column("termination_reason", String(32), nullable=True),
     Column("request_id", String(200), nullable=True, unique=True),
     Index("sessions_active_idx", "status", "last_update_at"),

@@ -65,6 +65,7 @@ def _session(row: Any) -> Session:
         termination_reason=(
             TerminationReason(row.termination_reason) if row.termination_reason else None
         ),
+        pending_hold_micros=row.pending_hold_micros,
     )
 
 
@@ -144,6 +145,7 @@ class SessionStore:
                 last_update_at=session.last_update_at,
                 granted_units=session.granted_units,
                 held_micros=session.held_micros,
+                pending_hold_micros=session.pending_hold_micros,
                 request_id=request_id,
             )
         )
@@ -192,6 +194,7 @@ class SessionStore:
             .values(
                 granted_units=granted_units,
                 held_micros=sessions.c.held_micros + amount,
+                pending_hold_micros=0,
             )
         )
 
@@ -199,7 +202,22 @@ class SessionStore:
         await conn.execute(
             update(sessions)
             .where(sessions.c.session_id == session_id)
-            .values(granted_units=granted)
+            .values(granted_units=granted, pending_hold_micros=0)
+        )
+
+    async def forget_pending_hold(self, conn: AsyncConnection, session_id: str) -> None:
+        await conn.execute(
+            update(sessions)
+            .where(sessions.c.session_id == session_id)
+            .values(pending_hold_micros=0)
+        )
+
+    async def delete_unstarted(self, conn: AsyncConnection, session_id: str) -> None:
+        """Remove a session whose first hold was refused: it never started."""
+        await conn.execute(
+            sessions.delete().where(
+                sessions.c.session_id == session_id, sessions.c.granted_units == 0
+            )
         )
 
     async def hold_count(self, conn: AsyncConnection, session_id: str) -> int:

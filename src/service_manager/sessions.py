@@ -23,7 +23,7 @@ from meterline.kernel.errors import (
     PermissionDenied,
     UsageWentBackwards,
 )
-from meterline.kernel.media import ServiceType, Unit
+from meterline.kernel.media import MAX_ENDPOINT_LENGTH, ServiceType, Unit, validate_endpoint
 from meterline.kernel.principals import Principal, PrincipalKind
 from meterline.kernel.tokens import TokenSigner
 from service_manager.domain import sessions as rules
@@ -39,7 +39,6 @@ from service_manager.storage.session_store import SessionStore
 
 log = logging.getLogger(__name__)
 
-MAX_ENDPOINT_LENGTH = 256
 MAX_REQUEST_ID_LENGTH = 200
 
 
@@ -67,16 +66,6 @@ class Metered:
     """What the account would have left if the session ended now."""
     termination: Termination | None
     seconds_left: int | None
-
-
-def _validate_endpoint(endpoint: str) -> str:
-    if not endpoint or not endpoint.strip():
-        raise InvalidArgument("endpoint is empty: give the number, host or application to use.")
-    if len(endpoint) > MAX_ENDPOINT_LENGTH:
-        raise InvalidArgument(f"endpoint is longer than {MAX_ENDPOINT_LENGTH} characters.")
-    if not endpoint.isprintable() or any(char.isspace() for char in endpoint):
-        raise InvalidArgument("endpoint may not contain spaces or control characters.")
-    return endpoint
 
 
 def _first_hold_key(session: Session) -> str:
@@ -130,7 +119,7 @@ class SessionService:
         principal.require_account(account_id)
         if service_type is ServiceType.APPLICATION and not endpoint:
             endpoint = application_id
-        _validate_endpoint(endpoint)
+        validate_endpoint(endpoint)
         if len(application_id) > MAX_ENDPOINT_LENGTH:
             raise InvalidArgument(
                 f"application_id is longer than {MAX_ENDPOINT_LENGTH} characters."

@@ -9,17 +9,15 @@ from pathlib import Path
 import pytest
 
 from meterline.kernel.errors import InvalidArgument, NotFound
-from meterline.kernel.media import ServiceType, Unit
+from meterline.kernel.media import MAX_ENDPOINT_LENGTH, ServiceType, Unit, validate_endpoint
 from meterline.kernel.pricing import RateTerms, price_units
 from rating_service.domain.tariff_files import TariffFileError, read_tariff_file
 from rating_service.domain.tariffs import (
-    MAX_ENDPOINT_LENGTH,
     MAX_PREFIX_LENGTH,
     MAX_PRICE_MICROS,
     MAX_UNITS,
     Tariff,
     TariffIndex,
-    validate_endpoint,
     validate_tariff,
     with_id,
 )

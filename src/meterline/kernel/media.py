@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import enum
 
+from meterline.kernel.errors import InvalidArgument
+
+MAX_ENDPOINT_LENGTH = 256
+
 
 class ServiceType(enum.StrEnum):
     VOICE = "VOICE"
@@ -31,3 +35,14 @@ NATURAL_UNIT: dict[ServiceType, Unit] = {
     ServiceType.APPLICATION: Unit.EVENT,
 }
 """The unit each channel is usually metered in (a tariff may choose another)."""
+
+
+def validate_endpoint(endpoint: str, field: str = "endpoint") -> str:
+    """A phone number, host or application id: printable, no spaces, not too long."""
+    if not endpoint or not endpoint.strip():
+        raise InvalidArgument(f"{field} is empty: give the number, host or application used.")
+    if len(endpoint) > MAX_ENDPOINT_LENGTH:
+        raise InvalidArgument(f"{field} is longer than {MAX_ENDPOINT_LENGTH} characters.")
+    if not endpoint.isprintable() or any(char.isspace() for char in endpoint):
+        raise InvalidArgument(f"{field} may not contain spaces or control characters.")
+    return endpoint

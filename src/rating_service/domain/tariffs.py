@@ -8,10 +8,9 @@ from datetime import datetime
 
 from meterline.kernel import money
 from meterline.kernel.errors import InvalidArgument, NotFound
-from meterline.kernel.media import ServiceType, Unit
+from meterline.kernel.media import ServiceType, Unit, validate_endpoint
 from meterline.kernel.pricing import Price, RateTerms, price_units
 
-MAX_ENDPOINT_LENGTH = 256
 MAX_PREFIX_LENGTH = 64
 MAX_UNITS = 10**15
 MAX_PRICE_MICROS = 10**12  # one million currency units
@@ -34,16 +33,6 @@ class Tariff:
 class RatedUsage:
     tariff: Tariff
     price: Price
-
-
-def validate_endpoint(endpoint: str) -> str:
-    if not endpoint or not endpoint.strip():
-        raise InvalidArgument("endpoint is empty: give the number, host or application used.")
-    if len(endpoint) > MAX_ENDPOINT_LENGTH:
-        raise InvalidArgument(f"endpoint is longer than {MAX_ENDPOINT_LENGTH} characters.")
-    if not endpoint.isprintable() or any(char.isspace() for char in endpoint):
-        raise InvalidArgument("endpoint may not contain spaces or control characters.")
-    return endpoint
 
 
 def validate_units(units: int) -> int:

@@ -7,7 +7,7 @@ import importlib.util
 import pytest
 
 from meterline.kernel.money import AmountError
-from meterline.kernel.pricing import Price, RateTerms, affordable_units, price_units
+from meterline.kernel.pricing import RateTerms, affordable_units, price_units
 
 HAVE_HYPOTHESIS = importlib.util.find_spec("hypothesis") is not None
 
@@ -71,7 +71,9 @@ SETUP_ONLY = terms(price=0, setup=250_000)
     ],
 )
 def test_price_units(rate: RateTerms, units: int, amount: int, billed: int) -> None:
-    assert price_units(rate, units) == Price(amount_micros=amount, billed_units=billed)
+    price = price_units(rate, units)
+    assert (price.amount_micros, price.billed_units) == (amount, billed)
+    assert sum(part.amount_micros for part in price.parts) == price.amount_micros
 
 
 def test_price_units_refuses_negative_units() -> None:

@@ -70,6 +70,14 @@ def units_times_price(units: int, price_per_unit_micros: int) -> int:
     return check_micros(units * price_per_unit_micros)
 
 
+def cost_of_units(units: int, price_per_unit_size: int, unit_size: int = 1) -> int:
+    """The cost of `units` at a price per `unit_size` units, rounded up to a whole
+    micro-unit (once, for this product)."""
+    if unit_size < 1:
+        raise AmountError("a unit size must be at least 1")
+    return check_micros(-(-units * price_per_unit_size // unit_size))
+
+
 def add(*amounts: int) -> int:
     """A sum of amounts, checked to fit int64."""
     return check_micros(sum(amounts))

@@ -1,8 +1,12 @@
-"""Pricing of usage under one rate: increments, minimums, setup fee.
+"""Pricing of usage under one rate: billing increments of the first/next form, minimum
+units, setup fee, prices per unit size (per second, per MB, per GiB, ...), time bands and
+volume tiers. A pure function of the rate terms and the usage, shared by the rating
+service (which finds the rate) and the service manager (which prices a session under the
+rate it was granted at the start).
 
-A pure function of the rate terms and the units, shared by the rating service (which
-finds the rate) and the service manager (which prices a session under the rate it was
-granted at the start).
+Rounding: usage is rounded up to the billing increments once, for the whole record; each
+priced part (a band's seconds, a tier's bytes) is then rounded up to a whole micro-unit
+once. Nothing is rounded inside a sum.
 """
 
 from __future__ import annotations
@@ -10,6 +14,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from meterline.kernel import money
+from meterline.kernel.bands import FLAT, BandSchedule
+
+SETUP_FEE_PART = "SETUP_FEE"
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeTier:
+    """Billed units up to `up_to_units` (cumulative within one record; 0 = no limit) cost
+    `price_per_unit_micros` per unit size."""
+
+    up_to_units: int
+    price_per_unit_micros: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,13 +33,39 @@ class RateTerms:
     """The numbers of a rate that decide a price."""
 
     price_per_unit_micros: int
-    """Price of one unit in micro-units."""
+    """Price of one unit size of usage, in micro-units (the price outside named bands)."""
     increment_units: int
-    """Usage is billed in whole multiples of this many units."""
+    """The next increment: after the first, usage is billed in multiples of this."""
     minimum_units: int
     """Usage below this is billed as this many units."""
     setup_fee_micros: int
     """Charged once when at least one unit is used."""
+    first_increment_units: int = 0
+    """The first increment (the 30 of 30/6); 0 means the same as increment_units."""
+    unit_size: int = 1
+    """How many units the price is for: 1 per second, 1_000_000 per MB, 2**30 per GiB."""
+    band_prices: tuple[tuple[str, int], ...] = ()
+    """Price per unit size in named time bands; other bands pay price_per_unit_micros."""
+    tiers: tuple[VolumeTier, ...] = ()
+    """Volume tiers; when given they replace price_per_unit_micros."""
+
+    def band_price(self, band: str) -> int:
+        for name, price in self.band_prices:
+            if name == band:
+                return price
+        return self.price_per_unit_micros
+
+
+@dataclass(frozen=True, slots=True)
+class PricePart:
+    """One priced part of a record: a band's share, a tier's share, or the setup fee."""
+
+    label: str
+    units: int
+    price_per_unit_micros: int
+    amount_micros: int
+    start: int = 0
+    """Epoch second the part starts at (time-banded parts only)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,35 +74,100 @@ class Price:
 
     amount_micros: int
     billed_units: int
+    parts: tuple[PricePart, ...] = ()
 
 
-def price_units(terms: RateTerms, units: int) -> Price:
-    """Price of `units` cumulative units. No usage costs nothing, not even the setup fee."""
+ZERO = Price(amount_micros=0, billed_units=0)
+
+
+def billed_units(terms: RateTerms, units: int) -> int:
+    """Usage below the minimum is billed as the minimum, then rounded up to the first
+    increment and whole next increments after it."""
     if units < 0:
         raise money.AmountError("units used cannot be negative")
     if units == 0:
-        return Price(amount_micros=0, billed_units=0)
-    billed = money.round_up_units(max(units, terms.minimum_units), terms.increment_units)
-    amount = money.add(
-        terms.setup_fee_micros, money.units_times_price(billed, terms.price_per_unit_micros)
-    )
-    return Price(amount_micros=amount, billed_units=billed)
+        return 0
+    units = max(units, terms.minimum_units)
+    first = terms.first_increment_units or terms.increment_units
+    if units <= first:
+        return first
+    return first + money.round_up_units(units - first, terms.increment_units)
 
 
-def affordable_units(terms: RateTerms, from_units: int, budget_micros: int, limit: int) -> int:
-    """The most units, `from_units` plus whole billing increments and at most `limit`,
-    whose price beyond the price of `from_units` fits in `budget_micros`; `from_units` if
-    not one more increment fits. Grants start at 0, so they stay whole increments.
+def price_units(
+    terms: RateTerms, units: int, start: int = 0, schedule: BandSchedule = FLAT
+) -> Price:
+    """Price of `units` cumulative units of one record starting at epoch second `start`.
+    With a banded schedule the billed seconds are split across bands from `start` on
+    (only meaningful for time units). No usage costs nothing, not even the setup fee."""
+    billed = billed_units(terms, units)
+    if billed == 0:
+        return ZERO
+    if terms.tiers:
+        parts = _tiered(terms, billed)
+    elif terms.band_prices and not schedule.is_flat:
+        parts = [
+            _part(terms, band, seconds, terms.band_price(band), at)
+            for band, at, seconds in schedule.split(start, billed)
+        ]
+    else:
+        parts = [_part(terms, schedule.band_at(start), billed, terms.price_per_unit_micros, start)]
+    if terms.setup_fee_micros:
+        parts.append(PricePart(SETUP_FEE_PART, 0, 0, terms.setup_fee_micros))
+    amount = money.add(*(part.amount_micros for part in parts))
+    return Price(amount_micros=amount, billed_units=billed, parts=tuple(parts))
 
-    Used to size a quota grant to what the balance can fund.
-    """
-    base = price_units(terms, from_units).amount_micros
+
+def _part(terms: RateTerms, label: str, units: int, price: int, start: int) -> PricePart:
+    amount = money.cost_of_units(units, price, terms.unit_size)
+    return PricePart(label, units, price, amount, start)
+
+
+def _tiered(terms: RateTerms, billed: int) -> list[PricePart]:
+    parts: list[PricePart] = []
+    covered = 0
+    for number, tier in enumerate(terms.tiers, start=1):
+        limit = tier.up_to_units or billed
+        units = min(billed, limit) - covered
+        if units > 0:
+            parts.append(_part(terms, f"TIER_{number}", units, tier.price_per_unit_micros, 0))
+            covered += units
+        if covered >= billed:
+            break
+    if covered < billed:  # the last tier had a limit: it also prices the rest
+        last = terms.tiers[-1]
+        parts.append(
+            _part(
+                terms, f"TIER_{len(terms.tiers)}", billed - covered, last.price_per_unit_micros, 0
+            )
+        )
+    return parts
+
+
+def affordable_units(
+    terms: RateTerms,
+    from_units: int,
+    budget_micros: int,
+    limit: int,
+    start: int = 0,
+    schedule: BandSchedule = FLAT,
+) -> int:
+    """The most units, `from_units` plus whole next increments and at most `limit`, whose
+    price beyond the price of `from_units` fits in `budget_micros`; `from_units` if not one
+    more increment fits. Grants start at 0, so they stay whole increments.
+
+    Used to size a quota grant to what the balance can fund."""
+
+    def price(units: int) -> int:
+        return price_units(terms, units, start, schedule).amount_micros
+
+    base = price(from_units)
     step = terms.increment_units
     # Price grows with units, so binary search over whole increments beyond from_units.
     low, high = 0, max(0, (limit - from_units) // step)
     while low < high:
         middle = (low + high + 1) // 2
-        if price_units(terms, from_units + middle * step).amount_micros - base <= budget_micros:
+        if price(from_units + middle * step) - base <= budget_micros:
             low = middle
         else:
             high = middle - 1

@@ -3,15 +3,18 @@
 from __future__ import annotations
 
 import base64
+import time
+from datetime import UTC
 from typing import Any
 
 import grpc
 
+from meterline.kernel.bands import BandRule, format_clock, format_days, parse_clock, parse_days
 from meterline.kernel.errors import InvalidArgument, MeterlineError
 from meterline.kernel.grpc_errors import status_code_for, unary
 from meterline.kernel.grpc_server import Authenticator
 from meterline.kernel.media import ServiceType
-from meterline.kernel.pricing import RateTerms
+from meterline.kernel.pricing import RateTerms, VolumeTier
 from meterline.kernel.principals import PrincipalKind
 from meterline.kernel.wire import (
     service_type_from_wire,
@@ -20,27 +23,68 @@ from meterline.kernel.wire import (
     unit_from_wire,
     unit_to_wire,
 )
-from meterline.rating.v1 import rating_pb2, rating_pb2_grpc
+from meterline.rating.v1 import rating_pb2, rating_pb2_grpc, types_pb2
 from rating_service.catalog import TariffCatalog
-from rating_service.domain.tariffs import Tariff, validate_units
+from rating_service.domain.plans import DEFAULT_PLAN_ID, RatePlan, new_plan
+from rating_service.domain.tariffs import RatedUsage, Tariff, TariffIndex
 
 MAX_BATCH_ITEMS = 10_000
 MAX_IMPORT_TARIFFS = 100_000
 Context = grpc.aio.ServicerContext[Any, Any]
 
+# Wire enum value -> domain value, for the per-item hot path.
+_SERVICE_TYPES = {types_pb2.ServiceType.Value(kind.value): kind for kind in ServiceType}
 
-def rate_to_wire(tariff: Tariff) -> rating_pb2.Rate:
-    return rating_pb2.Rate(
+
+def time_bands_to_wire(plan: RatePlan) -> list[rating_pb2.TimeBand]:
+    return [
+        rating_pb2.TimeBand(
+            band=rule.band,
+            days=format_days(rule.days),
+            start_time=format_clock(rule.start_minute),
+            end_time=format_clock(rule.end_minute),
+        )
+        for rule in plan.schedule.rules
+    ]
+
+
+def _terms_fields(terms: RateTerms) -> dict[str, Any]:
+    return {
+        "price_per_unit_micros": terms.price_per_unit_micros,
+        "increment_units": terms.increment_units,
+        "minimum_units": terms.minimum_units,
+        "setup_fee_micros": terms.setup_fee_micros,
+        "first_increment_units": terms.first_increment_units,
+        "unit_size": terms.unit_size,
+        "band_prices": [
+            rating_pb2.BandPrice(band=band, price_per_unit_micros=price)
+            for band, price in terms.band_prices
+        ],
+        "tiers": [
+            rating_pb2.VolumeTier(
+                up_to_units=tier.up_to_units, price_per_unit_micros=tier.price_per_unit_micros
+            )
+            for tier in terms.tiers
+        ],
+    }
+
+
+def rate_to_wire(tariff: Tariff, plan: RatePlan) -> rating_pb2.Rate:
+    rate = rating_pb2.Rate(
         tariff_id=tariff.tariff_id,
         service_type=service_type_to_wire(tariff.service_type),
         prefix=tariff.prefix,
         unit=unit_to_wire(tariff.unit),
-        price_per_unit_micros=tariff.terms.price_per_unit_micros,
-        increment_units=tariff.terms.increment_units,
-        minimum_units=tariff.terms.minimum_units,
-        setup_fee_micros=tariff.terms.setup_fee_micros,
         currency=tariff.currency,
+        rate_plan_id=plan.plan_id,
+        time_zone=plan.schedule.time_zone,
+        default_band=plan.schedule.default_band,
+        time_bands=time_bands_to_wire(plan),
+        **_terms_fields(tariff.terms),
     )
+    if tariff.effective_from is not None:
+        rate.effective_from.CopyFrom(timestamp(tariff.effective_from))
+    return rate
 
 
 def tariff_to_wire(tariff: Tariff) -> rating_pb2.Tariff:
@@ -49,15 +93,18 @@ def tariff_to_wire(tariff: Tariff) -> rating_pb2.Tariff:
         service_type=service_type_to_wire(tariff.service_type),
         prefix=tariff.prefix,
         unit=unit_to_wire(tariff.unit),
-        price_per_unit_micros=tariff.terms.price_per_unit_micros,
-        increment_units=tariff.terms.increment_units,
-        minimum_units=tariff.terms.minimum_units,
-        setup_fee_micros=tariff.terms.setup_fee_micros,
         currency=tariff.currency,
         description=tariff.description,
+        rate_plan_id=tariff.plan_id,
+        **_terms_fields(tariff.terms),
     )
-    if tariff.updated_at is not None:
-        wire.update_time.CopyFrom(timestamp(tariff.updated_at))
+    for field, moment in (
+        ("update_time", tariff.updated_at),
+        ("effective_from", tariff.effective_from),
+        ("effective_to", tariff.effective_to),
+    ):
+        if moment is not None:
+            getattr(wire, field).CopyFrom(timestamp(moment))
     return wire
 
 
@@ -72,35 +119,103 @@ def tariff_from_wire(wire: rating_pb2.Tariff) -> Tariff:
             increment_units=wire.increment_units,
             minimum_units=wire.minimum_units,
             setup_fee_micros=wire.setup_fee_micros,
+            first_increment_units=wire.first_increment_units,
+            unit_size=wire.unit_size or 1,
+            band_prices=tuple(
+                (price.band.strip().upper(), price.price_per_unit_micros)
+                for price in wire.band_prices
+            ),
+            tiers=tuple(
+                VolumeTier(tier.up_to_units, tier.price_per_unit_micros) for tier in wire.tiers
+            ),
         ),
         currency=wire.currency,
         description=wire.description,
+        plan_id=wire.rate_plan_id or DEFAULT_PLAN_ID,
+        effective_from=(
+            wire.effective_from.ToDatetime(tzinfo=UTC) if wire.HasField("effective_from") else None
+        ),
     )
 
 
-def _endpoint(request: rating_pb2.RateUsageRequest, service_type: ServiceType) -> str:
-    # Application usage is priced by application id when no endpoint is given.
-    if service_type is ServiceType.APPLICATION and not request.endpoint:
-        return request.application_id
-    return request.endpoint
+def plan_to_wire(plan: RatePlan) -> rating_pb2.RatePlan:
+    return rating_pb2.RatePlan(
+        rate_plan_id=plan.plan_id,
+        display_name=plan.display_name,
+        time_zone=plan.schedule.time_zone,
+        default_band=plan.schedule.default_band,
+        time_bands=time_bands_to_wire(plan),
+        is_default=plan.is_default,
+    )
+
+
+def plan_from_wire(wire: rating_pb2.RatePlan) -> RatePlan:
+    rules = [
+        BandRule(
+            band=band.band.strip().upper(),
+            days=parse_days(band.days),
+            start_minute=parse_clock(band.start_time),
+            end_minute=parse_clock(band.end_time),
+        )
+        for band in wire.time_bands
+    ]
+    return new_plan(
+        wire.rate_plan_id,
+        wire.display_name,
+        wire.time_zone,
+        wire.default_band,
+        rules,
+        wire.is_default,
+    )
 
 
 class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
     def __init__(self, catalog: TariffCatalog, auth: Authenticator) -> None:
         self._catalog = catalog
         self._auth = auth
+        self._rates: dict[tuple[str, str], rating_pb2.Rate] = {}
+        self._rates_for: TariffIndex | None = None
 
-    def _rate_one(self, request: rating_pb2.RateUsageRequest) -> rating_pb2.RatedUsage:
-        service_type = service_type_from_wire(request.service_type)
-        rated = self._catalog.index.rate(
-            service_type, _endpoint(request, service_type), validate_units(request.units)
+    def _rate(self, rated: RatedUsage) -> rating_pb2.Rate:
+        """The wire Rate of a tariff under a plan, built once per cache generation."""
+        if self._rates_for is not self._catalog.index:
+            self._rates = {}
+            self._rates_for = self._catalog.index
+        key = (rated.tariff.tariff_id, rated.plan.plan_id)
+        rate = self._rates.get(key)
+        if rate is None:
+            rate = self._rates[key] = rate_to_wire(rated.tariff, rated.plan)
+        return rate
+
+    def _rated(self, request: rating_pb2.RateUsageRequest) -> RatedUsage:
+        service_type = _SERVICE_TYPES.get(request.service_type)
+        if service_type is None:
+            service_type_from_wire(request.service_type)  # raises the clear error
+            raise AssertionError("unreachable")  # pragma: no cover
+        endpoint = request.endpoint
+        if service_type is ServiceType.APPLICATION and not endpoint:
+            endpoint = request.application_id  # priced by application id
+        start = request.start_time
+        at = start.seconds if start.seconds or start.nanos else int(time.time())
+        return self._catalog.index.rate(
+            service_type, endpoint, request.units, at, request.account_id, request.rate_plan_id
         )
-        return rating_pb2.RatedUsage(
-            amount_micros=rated.price.amount_micros,
-            billed_units=rated.price.billed_units,
-            currency=rated.tariff.currency,
-            rate=rate_to_wire(rated.tariff),
-        )
+
+    def _fill(self, target: rating_pb2.RatedUsage, rated: RatedUsage, details: bool) -> None:
+        target.amount_micros = rated.price.amount_micros
+        target.billed_units = rated.price.billed_units
+        target.currency = rated.tariff.currency
+        if details:
+            target.rate.CopyFrom(self._rate(rated))
+            for part in rated.price.parts:
+                wire = target.parts.add(
+                    band=part.label,
+                    units=part.units,
+                    price_per_unit_micros=part.price_per_unit_micros,
+                    amount_micros=part.amount_micros,
+                )
+                if part.start:
+                    wire.start_time.seconds = part.start
 
     @unary
     async def GetRate(
@@ -108,14 +223,20 @@ class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
     ) -> rating_pb2.Rate:
         self._auth.principal(context)
         service_type = service_type_from_wire(request.service_type)
-        return rate_to_wire(self._catalog.index.match(service_type, request.endpoint))
+        index = self._catalog.index
+        plan = index.plan_for(request.account_id, request.rate_plan_id)
+        at = request.at.seconds if request.at.seconds or request.at.nanos else int(time.time())
+        tariff = index.match(service_type, request.endpoint, at, plan)
+        return rate_to_wire(tariff, plan)
 
     @unary
     async def RateUsage(
         self, request: rating_pb2.RateUsageRequest, context: Context
     ) -> rating_pb2.RatedUsage:
         self._auth.principal(context)
-        return self._rate_one(request)
+        response = rating_pb2.RatedUsage()
+        self._fill(response, self._rated(request), details=True)
+        return response
 
     @unary
     async def RateUsageBatch(
@@ -127,21 +248,30 @@ class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
                 f"A batch holds at most {MAX_BATCH_ITEMS} items; this one has "
                 f"{len(request.items)}. Split it."
             )
+        details = request.include_details
         response = rating_pb2.RateUsageBatchResponse()
+        results = response.results
+        rated_of = self._rated
+        fill = self._fill
         for item in request.items:
-            result = response.results.add()
+            result = results.add()
             try:
-                result.rated.CopyFrom(self._rate_one(item))
+                fill(result.rated, rated_of(item), details)
             except MeterlineError as error:
                 result.error.code = status_code_for(error).value[0]
                 result.error.message = error.message
         return response
 
+    def _operator(self, context: Context) -> None:
+        self._auth.principal(context).require_kind(
+            PrincipalKind.OPERATOR, action="change rating data"
+        )
+
     @unary
     async def UpsertTariff(
         self, request: rating_pb2.UpsertTariffRequest, context: Context
     ) -> rating_pb2.Tariff:
-        self._auth.principal(context).require_kind(PrincipalKind.OPERATOR, action="change tariffs")
+        self._operator(context)
         if not request.HasField("tariff"):
             raise InvalidArgument("tariff is missing.")
         (written,) = await self._catalog.upsert([tariff_from_wire(request.tariff)])
@@ -151,7 +281,7 @@ class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
     async def ImportTariffs(
         self, request: rating_pb2.ImportTariffsRequest, context: Context
     ) -> rating_pb2.ImportTariffsResponse:
-        self._auth.principal(context).require_kind(PrincipalKind.OPERATOR, action="change tariffs")
+        self._operator(context)
         if not request.tariffs:
             raise InvalidArgument("The import holds no tariffs.")
         if len(request.tariffs) > MAX_IMPORT_TARIFFS:
@@ -178,24 +308,57 @@ class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
         service_type = (
             service_type_from_wire(request.service_type) if request.service_type else None
         )
-        after = _decode_token(request.page_token) if request.page_token else None
-        page = await self._catalog.list_page(service_type, after, limit + 1)
+        offset = _decode_token(request.page_token) if request.page_token else 0
+        page = await self._catalog.list_page(
+            service_type, request.rate_plan_id, request.include_history, offset, limit + 1
+        )
         response = rating_pb2.ListTariffsResponse(
             tariffs=[tariff_to_wire(tariff) for tariff in page[:limit]]
         )
         if len(page) > limit:
-            last = page[limit - 1]
-            response.next_page_token = _encode_token(last.service_type.value, last.prefix)
+            response.next_page_token = _encode_token(offset + limit)
         return response
 
+    @unary
+    async def UpsertRatePlan(
+        self, request: rating_pb2.UpsertRatePlanRequest, context: Context
+    ) -> rating_pb2.RatePlan:
+        self._operator(context)
+        if not request.HasField("rate_plan"):
+            raise InvalidArgument("rate_plan is missing.")
+        return plan_to_wire(await self._catalog.upsert_plan(plan_from_wire(request.rate_plan)))
 
-def _encode_token(service_type: str, prefix: str) -> str:
-    return base64.urlsafe_b64encode(f"{service_type}\n{prefix}".encode()).decode()
+    @unary
+    async def ListRatePlans(
+        self, request: rating_pb2.ListRatePlansRequest, context: Context
+    ) -> rating_pb2.ListRatePlansResponse:
+        self._auth.principal(context).require_kind(
+            PrincipalKind.OPERATOR, PrincipalKind.SERVICE, action="list rate plans"
+        )
+        plans = await self._catalog.plans()
+        return rating_pb2.ListRatePlansResponse(rate_plans=[plan_to_wire(p) for p in plans])
+
+    @unary
+    async def AssignRatePlan(
+        self, request: rating_pb2.AssignRatePlanRequest, context: Context
+    ) -> rating_pb2.AssignRatePlanResponse:
+        self._operator(context)
+        await self._catalog.assign(request.account_id, request.rate_plan_id)
+        plan = self._catalog.index.plan_for(request.account_id)
+        return rating_pb2.AssignRatePlanResponse(
+            account_id=request.account_id, rate_plan_id=plan.plan_id
+        )
 
 
-def _decode_token(token: str) -> tuple[str, str]:
+def _encode_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"offset:{offset}".encode()).decode()
+
+
+def _decode_token(token: str) -> int:
     try:
-        service_type, prefix = base64.urlsafe_b64decode(token.encode()).decode().split("\n", 1)
+        kind, _, value = base64.urlsafe_b64decode(token.encode()).decode().partition(":")
+        if kind != "offset" or not value.isdigit():
+            raise ValueError(token)
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument("page_token is not one this service gave out.") from exc
-    return service_type, prefix
+    return int(value)

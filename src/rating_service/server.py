@@ -40,6 +40,7 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
     )
     handle = ServiceHandle(server, closers=[engine.dispose])
     handle.tasks.append(asyncio.create_task(catalog.keep_fresh()))
+    handle.tasks.append(asyncio.create_task(catalog.listen(url)))
     return handle
 
 

@@ -4,6 +4,7 @@ all-or-nothing tariff sheets (CSV and YAML files written to tmp_path)."""
 from __future__ import annotations
 
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -98,10 +99,15 @@ def test_the_index_counts_every_tariff() -> None:
     assert len(TariffIndex([tariff(""), tariff("", ServiceType.VIDEO), tariff("+1")])) == 3
 
 
-def test_the_last_of_two_tariffs_with_one_prefix_wins() -> None:
-    index = TariffIndex([tariff("+44", tariff_id="old"), tariff("+44", tariff_id="new")])
-    assert len(index) == 1
-    assert index.match(ServiceType.VOICE, "+4420").tariff_id == "new"
+def test_each_version_rates_the_usage_that_starts_in_it() -> None:
+    change = datetime(2030, 1, 1, tzinfo=UTC)
+    old = replace(tariff("+44", tariff_id="old"), effective_to=change)
+    new = replace(tariff("+44", tariff_id="new"), effective_from=change)
+    index = TariffIndex([new, old])
+    assert len(index) == 2
+    moment = int(change.timestamp())
+    assert index.match(ServiceType.VOICE, "+4420", at=moment - 1).tariff_id == "old"
+    assert index.match(ServiceType.VOICE, "+4420", at=moment).tariff_id == "new"
 
 
 @pytest.mark.parametrize(
@@ -134,7 +140,11 @@ def test_good_endpoints_pass(endpoint: str) -> None:
 def test_rate_prices_under_the_matched_tariff(units: int) -> None:
     rated = VOICE_INDEX.rate(ServiceType.VOICE, "+442079460000", units)
     assert rated.tariff.prefix == "+4420"
-    assert rated.price == price_units(TERMS, units)
+    expected = price_units(TERMS, units)
+    assert (rated.price.amount_micros, rated.price.billed_units) == (
+        expected.amount_micros,
+        expected.billed_units,
+    )
 
 
 @pytest.mark.parametrize(

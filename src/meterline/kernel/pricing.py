@@ -95,23 +95,28 @@ def billed_units(terms: RateTerms, units: int) -> int:
 
 
 def price_units(
-    terms: RateTerms, units: int, start: int = 0, schedule: BandSchedule = FLAT
+    terms: RateTerms,
+    units: int,
+    start: int = 0,
+    schedule: BandSchedule = FLAT,
+    over_time: bool = False,
 ) -> Price:
     """Price of `units` cumulative units of one record starting at epoch second `start`.
-    With a banded schedule the billed seconds are split across bands from `start` on
-    (only meaningful for time units). No usage costs nothing, not even the setup fee."""
+    With banded prices, seconds (`over_time`) are split across the bands they fall in;
+    other units pay the band of `start`. No usage costs nothing, not even the setup fee."""
     billed = billed_units(terms, units)
     if billed == 0:
         return ZERO
     if terms.tiers:
         parts = _tiered(terms, billed)
-    elif terms.band_prices and not schedule.is_flat:
+    elif terms.band_prices and not schedule.is_flat and over_time:
         parts = [
             _part(terms, band, seconds, terms.band_price(band), at)
             for band, at, seconds in schedule.split(start, billed)
         ]
     else:
-        parts = [_part(terms, schedule.band_at(start), billed, terms.price_per_unit_micros, start)]
+        band = schedule.band_at(start)
+        parts = [_part(terms, band, billed, terms.band_price(band), start)]
     if terms.setup_fee_micros:
         parts.append(PricePart(SETUP_FEE_PART, 0, 0, terms.setup_fee_micros))
     amount = money.add(*(part.amount_micros for part in parts))
@@ -151,6 +156,7 @@ def affordable_units(
     limit: int,
     start: int = 0,
     schedule: BandSchedule = FLAT,
+    over_time: bool = False,
 ) -> int:
     """The most units, `from_units` plus whole next increments and at most `limit`, whose
     price beyond the price of `from_units` fits in `budget_micros`; `from_units` if not one
@@ -159,7 +165,7 @@ def affordable_units(
     Used to size a quota grant to what the balance can fund."""
 
     def price(units: int) -> int:
-        return price_units(terms, units, start, schedule).amount_micros
+        return price_units(terms, units, start, schedule, over_time).amount_micros
 
     base = price(from_units)
     step = terms.increment_units

@@ -1,20 +1,28 @@
-"""Tariffs in PostgreSQL."""
+"""Rate plans, tariff versions and account assignments in PostgreSQL. Every write
+notifies CHANGES_CHANNEL, so every rating instance reloads its cache."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select, text, union_all, update
 from sqlalchemy.dialects.postgresql import insert
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
+from meterline.kernel.bands import BandRule, format_clock, format_days, parse_clock, parse_days
+from meterline.kernel.errors import InvalidArgument, NotFound
 from meterline.kernel.media import ServiceType, Unit
-from meterline.kernel.pricing import RateTerms
+from meterline.kernel.pricing import RateTerms, VolumeTier
+from rating_service.domain.plans import RatePlan, new_plan
 from rating_service.domain.tariffs import Tariff
-from rating_service.storage.models import tariffs
+from rating_service.storage.models import CHANGES_CHANNEL, account_plans, rate_plans, tariffs
+
+# How far in the past a new version may start: a clock-skew allowance, not a way to
+# reprice usage already rated.
+PAST_ALLOWANCE = timedelta(seconds=60)
 
 
 def _tariff(row: Any) -> Tariff:
@@ -28,67 +36,272 @@ def _tariff(row: Any) -> Tariff:
             increment_units=row.increment_units,
             minimum_units=row.minimum_units,
             setup_fee_micros=row.setup_fee_micros,
+            first_increment_units=row.first_increment_units,
+            unit_size=row.unit_size,
+            band_prices=tuple((band, price) for band, price in row.band_prices),
+            tiers=tuple(VolumeTier(limit, price) for limit, price in row.tiers),
         ),
         currency=row.currency,
         description=row.description,
         updated_at=row.updated_at,
+        plan_id=row.plan_id,
+        effective_from=row.effective_from,
+        effective_to=row.effective_to,
     )
+
+
+def _plan(row: Any) -> RatePlan:
+    rules = [
+        BandRule(
+            band=band["band"],
+            days=parse_days(band["days"]),
+            start_minute=parse_clock(band["from"]),
+            end_minute=parse_clock(band["to"]),
+        )
+        for band in row.time_bands
+    ]
+    return new_plan(
+        row.plan_id, row.display_name, row.time_zone, row.default_band, rules, row.is_default
+    )
+
+
+def _plan_values(plan: RatePlan) -> dict[str, Any]:
+    return {
+        "plan_id": plan.plan_id,
+        "display_name": plan.display_name,
+        "time_zone": plan.schedule.time_zone,
+        "default_band": plan.schedule.default_band,
+        "time_bands": [
+            {
+                "band": rule.band,
+                "days": format_days(rule.days),
+                "from": format_clock(rule.start_minute),
+                "to": format_clock(rule.end_minute),
+            }
+            for rule in plan.schedule.rules
+        ],
+        "is_default": plan.is_default,
+    }
 
 
 class TariffStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def load_all(self) -> list[Tariff]:
+    async def load(self) -> tuple[list[Tariff], list[RatePlan], dict[str, str]]:
         async with self._engine.connect() as conn:
-            rows = await conn.execute(select(tariffs))
-            return [_tariff(row) for row in rows]
+            found = [_tariff(row) for row in await conn.execute(select(tariffs))]
+            plans = [_plan(row) for row in await conn.execute(select(rate_plans))]
+            assigned = {
+                row.account_id: row.plan_id for row in await conn.execute(select(account_plans))
+            }
+        return found, plans, assigned
 
-    async def version(self) -> tuple[int, datetime | None]:
-        """Changes whenever a tariff is written: a cheap check for stale caches."""
+    async def version(self) -> tuple[Any, ...]:
+        """Changes whenever anything is written: a cheap check for stale caches."""
+        parts = [
+            select(literal(name), func.count(), func.max(table.c.updated_at))
+            for name, table in (
+                ("tariffs", tariffs),
+                ("plans", rate_plans),
+                ("accounts", account_plans),
+            )
+        ]
         async with self._engine.connect() as conn:
-            row = (await conn.execute(select(func.count(), func.max(tariffs.c.updated_at)))).one()
-            return int(row[0]), row[1]
+            return tuple(tuple(row) for row in await conn.execute(union_all(*parts)))
 
-    async def upsert_many(self, items: Sequence[Tariff]) -> list[Tariff]:
-        """Create or replace tariffs by (service_type, prefix), in one transaction."""
+    async def _notify(self, conn: AsyncConnection) -> None:
+        await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANGES_CHANNEL})
+
+    async def write_tariffs(self, items: Sequence[Tariff]) -> list[Tariff]:
+        """Add a version of each tariff, in one transaction: all or none."""
         written: list[Tariff] = []
         async with self._engine.begin() as conn:
-            for tariff in items:
-                values = {
-                    "tariff_id": uuid.uuid4().hex,
-                    "service_type": tariff.service_type.value,
-                    "prefix": tariff.prefix,
-                    "unit": tariff.unit.value,
-                    "price_per_unit_micros": tariff.terms.price_per_unit_micros,
-                    "increment_units": tariff.terms.increment_units,
-                    "minimum_units": tariff.terms.minimum_units,
-                    "setup_fee_micros": tariff.terms.setup_fee_micros,
-                    "currency": tariff.currency,
-                    "description": tariff.description,
-                }
-                inserting = insert(tariffs).values(**values)
-                replaced = {
-                    key: inserting.excluded[key]
-                    for key in values
-                    if key not in ("tariff_id", "service_type", "prefix")
-                }
-                statement = inserting.on_conflict_do_update(
-                    constraint="tariffs_service_type_prefix_key",
-                    set_={**replaced, "updated_at": func.clock_timestamp()},
-                ).returning(tariffs)
-                written.append(_tariff((await conn.execute(statement)).one()))
+            now = (await conn.execute(select(func.clock_timestamp()))).scalar_one()
+            known_plans = set((await conn.execute(select(rate_plans.c.plan_id))).scalars())
+            for number, tariff in enumerate(items, start=1):
+                if tariff.plan_id not in known_plans:
+                    raise NotFound(
+                        f"tariff {number}: there is no rate plan {tariff.plan_id!r}; create "
+                        "it first.",
+                        reason="RATE_PLAN_NOT_FOUND",
+                    )
+                written.append(await self._add_version(conn, tariff, now, number))
+            await self._notify(conn)
         return written
 
+    async def _add_version(
+        self, conn: AsyncConnection, tariff: Tariff, now: datetime, number: int
+    ) -> Tariff:
+        key = (
+            (tariffs.c.plan_id == tariff.plan_id)
+            & (tariffs.c.service_type == tariff.service_type.value)
+            & (tariffs.c.prefix == tariff.prefix)
+        )
+        versions = (
+            await conn.execute(
+                select(tariffs.c.tariff_id, tariffs.c.effective_from)
+                .where(key)
+                .order_by(tariffs.c.effective_from.asc().nulls_first())
+                .with_for_update()
+            )
+        ).all()
+        start = tariff.effective_from
+        if versions and start is None:
+            start = now
+        if versions and start is not None and start < now - PAST_ALLOWANCE:
+            raise InvalidArgument(
+                f"tariff {number}: effective_from {start.isoformat()} is in the past; a new "
+                "version applies from now on and never reprices usage already rated.",
+                reason="EFFECTIVE_FROM_IN_THE_PAST",
+            )
+        same = [row for row in versions if row.effective_from == start]
+        later = [
+            row.effective_from
+            for row in versions
+            if row.effective_from is not None and (start is None or row.effective_from > start)
+        ]
+        earlier = [
+            row
+            for row in versions
+            if start is not None and (row.effective_from is None or row.effective_from < start)
+        ]
+        values = {
+            "service_type": tariff.service_type.value,
+            "prefix": tariff.prefix,
+            "unit": tariff.unit.value,
+            "price_per_unit_micros": tariff.terms.price_per_unit_micros,
+            "increment_units": tariff.terms.increment_units,
+            "minimum_units": tariff.terms.minimum_units,
+            "setup_fee_micros": tariff.terms.setup_fee_micros,
+            "first_increment_units": tariff.terms.first_increment_units,
+            "unit_size": tariff.terms.unit_size,
+            "band_prices": [list(pair) for pair in tariff.terms.band_prices],
+            "tiers": [
+                [tier.up_to_units, tier.price_per_unit_micros] for tier in tariff.terms.tiers
+            ],
+            "currency": tariff.currency,
+            "description": tariff.description,
+            "plan_id": tariff.plan_id,
+            "effective_from": start,
+            "effective_to": min(later) if later else None,
+            "updated_at": func.clock_timestamp(),
+        }
+        if same:
+            # A version not yet in force may be replaced; one in force may not.
+            if start is None or start <= now:
+                raise InvalidArgument(
+                    f"tariff {number}: a version starting then is already in force; give a "
+                    "later effective_from.",
+                    reason="VERSION_IN_FORCE",
+                )
+            row = (
+                await conn.execute(
+                    update(tariffs)
+                    .where(tariffs.c.tariff_id == same[0].tariff_id)
+                    .values(**values)
+                    .returning(tariffs)
+                )
+            ).one()
+            return _tariff(row)
+        if earlier:
+            await conn.execute(
+                update(tariffs)
+                .where(tariffs.c.tariff_id == earlier[-1].tariff_id)
+                .values(effective_to=start, updated_at=func.clock_timestamp())
+            )
+        row = (
+            await conn.execute(
+                insert(tariffs).values(tariff_id=uuid.uuid4().hex, **values).returning(tariffs)
+            )
+        ).one()
+        return _tariff(row)
+
     async def list_page(
-        self, service_type: ServiceType | None, after: tuple[str, str] | None, limit: int
+        self,
+        service_type: ServiceType | None,
+        plan_id: str,
+        include_history: bool,
+        offset: int,
+        limit: int,
     ) -> list[Tariff]:
-        query = select(tariffs).order_by(tariffs.c.service_type, tariffs.c.prefix).limit(limit)
+        query = (
+            select(tariffs)
+            .order_by(
+                tariffs.c.plan_id,
+                tariffs.c.service_type,
+                tariffs.c.prefix,
+                tariffs.c.effective_from.asc().nulls_first(),
+                tariffs.c.tariff_id,
+            )
+            .offset(offset)
+            .limit(limit)
+        )
         if service_type is not None:
             query = query.where(tariffs.c.service_type == service_type.value)
-        if after is not None:
+        if plan_id:
+            query = query.where(tariffs.c.plan_id == plan_id)
+        if not include_history:
             query = query.where(
-                func.row(tariffs.c.service_type, tariffs.c.prefix) > func.row(*after)
+                tariffs.c.effective_to.is_(None) | (tariffs.c.effective_to > func.now())
             )
         async with self._engine.connect() as conn:
             return [_tariff(row) for row in await conn.execute(query)]
+
+    async def write_plan(self, plan: RatePlan) -> RatePlan:
+        values = _plan_values(plan)
+        async with self._engine.begin() as conn:
+            if plan.is_default:
+                await conn.execute(
+                    update(rate_plans)
+                    .where(rate_plans.c.plan_id != plan.plan_id, rate_plans.c.is_default)
+                    .values(is_default=False, updated_at=func.clock_timestamp())
+                )
+            statement = insert(rate_plans).values(**values, updated_at=func.clock_timestamp())
+            row = (
+                await conn.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=["plan_id"],
+                        set_={**values, "updated_at": func.clock_timestamp()},
+                    ).returning(rate_plans)
+                )
+            ).one()
+            if not plan.is_default:
+                defaults = (
+                    await conn.execute(select(func.count()).where(rate_plans.c.is_default))
+                ).scalar_one()
+                if not defaults:
+                    raise InvalidArgument(
+                        "This would leave no default plan; mark another plan default first.",
+                        reason="NO_DEFAULT_PLAN",
+                    )
+            await self._notify(conn)
+        return _plan(row)
+
+    async def plans(self) -> list[RatePlan]:
+        async with self._engine.connect() as conn:
+            rows = await conn.execute(select(rate_plans).order_by(rate_plans.c.plan_id))
+            return [_plan(row) for row in rows]
+
+    async def assign(self, account_id: str, plan_id: str) -> None:
+        async with self._engine.begin() as conn:
+            if plan_id:
+                exists = (
+                    await conn.execute(select(func.count()).where(rate_plans.c.plan_id == plan_id))
+                ).scalar_one()
+                if not exists:
+                    raise NotFound(
+                        f"There is no rate plan {plan_id!r}.", reason="RATE_PLAN_NOT_FOUND"
+                    )
+                statement = insert(account_plans).values(account_id=account_id, plan_id=plan_id)
+                await conn.execute(
+                    statement.on_conflict_do_update(
+                        index_elements=["account_id"],
+                        set_={"plan_id": plan_id, "updated_at": func.clock_timestamp()},
+                    )
+                )
+            else:
+                await conn.execute(
+                    account_plans.delete().where(account_plans.c.account_id == account_id)
+                )
+            await self._notify(conn)

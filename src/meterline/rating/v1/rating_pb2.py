@@ -26,41 +26,61 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from meterline.rating.v1 import types_pb2 as meterline_dot_rating_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n meterline/rating/v1/rating.proto\x12\x13meterline.rating.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fmeterline/rating/v1/types.proto\"\x85\x02\n\x04Rate\x12\x11\n\ttariff_id\x18\x01 \x01(\t\x12\x36\n\x0cservice_type\x18\x02 \x01(\x0e\x32 .meterline.rating.v1.ServiceType\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12\'\n\x04unit\x18\x04 \x01(\x0e\x32\x19.meterline.rating.v1.Unit\x12\x1d\n\x15price_per_unit_micros\x18\x05 \x01(\x03\x12\x17\n\x0fincrement_units\x18\x06 \x01(\x03\x12\x15\n\rminimum_units\x18\x07 \x01(\x03\x12\x18\n\x10setup_fee_micros\x18\x08 \x01(\x03\x12\x10\n\x08\x63urrency\x18\t \x01(\t\"\xcd\x02\n\x06Tariff\x12\x11\n\ttariff_id\x18\x01 \x01(\t\x12\x36\n\x0cservice_type\x18\x02 \x01(\x0e\x32 .meterline.rating.v1.ServiceType\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12\'\n\x04unit\x18\x04 \x01(\x0e\x32\x19.meterline.rating.v1.Unit\x12\x1d\n\x15price_per_unit_micros\x18\x05 \x01(\x03\x12\x17\n\x0fincrement_units\x18\x06 \x01(\x03\x12\x15\n\rminimum_units\x18\x07 \x01(\x03\x12\x18\n\x10setup_fee_micros\x18\x08 \x01(\x03\x12\x10\n\x08\x63urrency\x18\t \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x82\x01\n\x0eGetRateRequest\x12\x36\n\x0cservice_type\x18\x01 \x01(\x0e\x32 .meterline.rating.v1.ServiceType\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xb3\x01\n\x10RateUsageRequest\x12\x36\n\x0cservice_type\x18\x01 \x01(\x0e\x32 .meterline.rating.v1.ServiceType\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05units\x18\x04 \x01(\x03\x12\x16\n\x0e\x61pplication_id\x18\x05 \x01(\t\"t\n\nRatedUsage\x12\x15\n\ramount_micros\x18\x01 \x01(\x03\x12\x14\n\x0c\x62illed_units\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\'\n\x04rate\x18\x04 \x01(\x0b\x32\x19.meterline.rating.v1.Rate\"M\n\x15RateUsageBatchRequest\x12\x34\n\x05items\x18\x01 \x03(\x0b\x32%.meterline.rating.v1.RateUsageRequest\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x83\x01\n\x14RateUsageBatchResult\x12\x30\n\x05rated\x18\x01 \x01(\x0b\x32\x1f.meterline.rating.v1.RatedUsageH\x00\x12/\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1e.meterline.rating.v1.ItemErrorH\x00\x42\x08\n\x06result\"T\n\x16RateUsageBatchResponse\x12:\n\x07results\x18\x01 \x03(\x0b\x32).meterline.rating.v1.RateUsageBatchResult\"B\n\x13UpsertTariffRequest\x12+\n\x06tariff\x18\x01 \x01(\x0b\x32\x1b.meterline.rating.v1.Tariff\"s\n\x12ListTariffsRequest\x12\x36\n\x0cservice_type\x18\x01 \x01(\x0e\x32 .meterline.rating.v1.ServiceType\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"\\\n\x13ListTariffsResponse\x12,\n\x07tariffs\x18\x01 \x03(\x0b\x32\x1b.meterline.rating.v1.Tariff\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x14ImportTariffsRequest\x12,\n\x07tariffs\x18\x01 \x03(\x0b\x32\x1b.meterline.rating.v1.Tariff\"(\n\x15ImportTariffsResponse\x12\x0f\n\x07written\x18\x01 \x01(\x05\x32\xbb\x04\n\rRatingService\x12I\n\x07GetRate\x12#.meterline.rating.v1.GetRateRequest\x1a\x19.meterline.rating.v1.Rate\x12S\n\tRateUsage\x12%.meterline.rating.v1.RateUsageRequest\x1a\x1f.meterline.rating.v1.RatedUsage\x12i\n\x0eRateUsageBatch\x12*.meterline.rating.v1.RateUsageBatchRequest\x1a+.meterline.rating.v1.RateUsageBatchResponse\x12U\n\x0cUpsertTariff\x12(.meterline.rating.v1.UpsertTariffRequest\x1a\x1b.meterline.rating.v1.Tariff\x12`\n\x0bListTariffs\x12\'.meterline.rating.v1.ListTariffsRequest\x1a(.meterline.rating.v1.ListTariffsResponse\x12\x66\n\rImportTariffs\x12).meterline.rating.v1.ImportTariffsRequest\x1a*.meterline.rating.v1.ImportTariffsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n meterline/rating/v1/rating.proto\x12\x13meterline.rating.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1fmeterline/rating/v1/types.proto\"@\n\nVolumeTier\x12\x13\n\x0bup_to_units\x18\x01 \x01(\x03\x12\x1d\n\x15price_per_unit_micros\x18\x02 \x01(\x03\"8\n\tBandPrice\x12\x0c\n\x04\x62\x61nd\x18\x01 \x01(\t\x12\x1d\n\x15price_per_unit_micros\x18\x02 \x01(\x03\"L\n\x08TimeBand\x12\x0c\n\x04\x62\x61nd\x18\x01 \x01(\t\x12\x0c\n\x04\x64\x61ys\x18\x02 \x01(\t\x12\x12\n\nstart_time\x18\x03 \x01(\t\x12\x10\n\x08\x65nd_time\x18\x04 \x01(\t\"\xa6\x01\n\x08RatePlan\x12\x14\n\x0crate_plan_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x11\n\ttime_zone\x18\x03 \x01(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_band\x18\x04 \x01(\t\x12\x31\n\ntime_bands\x18\x05 \x03(\x0b\x32\x1d.meterline.rating.v1.TimeBand\x12\x12\n\nis_default\x18\x06 \x01(\x08\"\xc2\x04\n\x04Rate\x12\x11\n\ttariff_id\x18\x01 \x01(\t\x12\x36\n\x0cservice_type\x18\x02 \x01(\x0e\x32 .meterline.rating.v1.ServiceType\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12\'\n\x04unit\x18\x04 \x01(\x0e\x32\x19.meterline.rating.v1.Unit\x12\x1d\n\x15price_per_unit_micros\x18\x05 \x01(\x03\x12\x17\n\x0fincrement_units\x18\x06 \x01(\x03\x12\x15\n\rminimum_units\x18\x07 \x01(\x03\x12\x18\n\x10setup_fee_micros\x18\x08 \x01(\x03\x12\x10\n\x08\x63urrency\x18\t \x01(\t\x12\x1d\n\x15\x66irst_increment_units\x18\n \x01(\x03\x12\x11\n\tunit_size\x18\x0b \x01(\x03\x12\x14\n\x0crate_plan_id\x18\x0c \x01(\t\x12\x33\n\x0b\x62\x61nd_prices\x18\r \x03(\x0b\x32\x1e.meterline.rating.v1.BandPrice\x12.\n\x05tiers\x18\x0e \x03(\x0b\x32\x1f.meterline.rating.v1.VolumeTier\x12\x11\n\ttime_zone\x18\x0f \x01(\t\x12\x14\n\x0c\x64\x65\x66\x61ult_band\x18\x10 \x01(\t\x12\x31\n\ntime_bands\x18\x11 \x03(\x0b\x32\x1d.meterline.rating.v1.TimeBand\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_from\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xe0\x04\n\x06Tariff\x12\x11\n\ttariff_id\x18\x01 \x01(\t\x12\x36\n\x0cservice_type\x18\x02 \x01(\x0e\x32 .meterline.rating.v1.ServiceType\x12\x0e\n\x06prefix\x18\x03 \x01(\t\x12\'\n\x04unit\x18\x04 \x01(\x0e\x32\x19.meterline.rating.v1.Unit\x12\x1d\n\x15price_per_unit_micros\x18\x05 \x01(\x03\x12\x17\n\x0fincrement_units\x18\x06 \x01(\x03\x12\x15\n\rminimum_units\x18\x07 \x01(\x03\x12\x18\n\x10setup_fee_micros\x18\x08 \x01(\x03\x12\x10\n\x08\x63urrency\x18\t \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\n \x01(\t\x12/\n\x0bupdate_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0crate_plan_id\x18\x0c \x01(\t\x12\x1d\n\x15\x66irst_increment_units\x18\r \x01(\x03\x12\x11\n\tunit_size\x18\x0e \x01(\x03\x12\x33\n\x0b\x62\x61nd_prices\x18\x0f \x03(\x0b\x32\x1e.meterline.rating.v1.BandPrice\x12.\n\x05tiers\x18\x10 \x03(\x0b\x32\x1f.meterline.rating.v1.VolumeTier\x12\x32\n\x0e\x65\x66\x66\x65\x63tive_from\x18\x11 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x30\n\x0c\x65\x66\x66\x65\x63tive_to\x18\x12 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xac\x01\n\x0eGetRateRequest\x12\x36\n\x0cservice_type\x18\x01 \x01(\x0e\x32 .meterline.rating.v1.ServiceType\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12\x14\n\x0crate_plan_id\x18\x05 \x01(\t\"\xdd\x01\n\x10RateUsageRequest\x12\x36\n\x0cservice_type\x18\x01 \x01(\x0e\x32 .meterline.rating.v1.ServiceType\x12\x10\n\x08\x65ndpoint\x18\x02 \x01(\t\x12.\n\nstart_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05units\x18\x04 \x01(\x03\x12\x16\n\x0e\x61pplication_id\x18\x05 \x01(\t\x12\x12\n\naccount_id\x18\x06 \x01(\t\x12\x14\n\x0crate_plan_id\x18\x07 \x01(\t\"\x8e\x01\n\tRatedPart\x12\x0c\n\x04\x62\x61nd\x18\x01 \x01(\t\x12\r\n\x05units\x18\x02 \x01(\x03\x12\x1d\n\x15price_per_unit_micros\x18\x03 \x01(\x03\x12\x15\n\ramount_micros\x18\x04 \x01(\x03\x12.\n\nstart_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xa3\x01\n\nRatedUsage\x12\x15\n\ramount_micros\x18\x01 \x01(\x03\x12\x14\n\x0c\x62illed_units\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\'\n\x04rate\x18\x04 \x01(\x0b\x32\x19.meterline.rating.v1.Rate\x12-\n\x05parts\x18\x05 \x03(\x0b\x32\x1e.meterline.rating.v1.RatedPart\"f\n\x15RateUsageBatchRequest\x12\x34\n\x05items\x18\x01 \x03(\x0b\x32%.meterline.rating.v1.RateUsageRequest\x12\x17\n\x0finclude_details\x18\x02 \x01(\x08\"*\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\x0f\n\x07message\x18\x02 \x01(\t\"\x83\x01\n\x14RateUsageBatchResult\x12\x30\n\x05rated\x18\x01 \x01(\x0b\x32\x1f.meterline.rating.v1.RatedUsageH\x00\x12/\n\x05\x65rror\x18\x02 \x01(\x0b\x32\x1e.meterline.rating.v1.ItemErrorH\x00\x42\x08\n\x06result\"T\n\x16RateUsageBatchResponse\x12:\n\x07results\x18\x01 \x03(\x0b\x32).meterline.rating.v1.RateUsageBatchResult\"B\n\x13UpsertTariffRequest\x12+\n\x06tariff\x18\x01 \x01(\x0b\x32\x1b.meterline.rating.v1.Tariff\"\xa2\x01\n\x12ListTariffsRequest\x12\x36\n\x0cservice_type\x18\x01 \x01(\x0e\x32 .meterline.rating.v1.ServiceType\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\x12\x14\n\x0crate_plan_id\x18\x04 \x01(\t\x12\x17\n\x0finclude_history\x18\x05 \x01(\x08\"\\\n\x13ListTariffsResponse\x12,\n\x07tariffs\x18\x01 \x03(\x0b\x32\x1b.meterline.rating.v1.Tariff\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"D\n\x14ImportTariffsRequest\x12,\n\x07tariffs\x18\x01 \x03(\x0b\x32\x1b.meterline.rating.v1.Tariff\"(\n\x15ImportTariffsResponse\x12\x0f\n\x07written\x18\x01 \x01(\x05\"I\n\x15UpsertRatePlanRequest\x12\x30\n\trate_plan\x18\x01 \x01(\x0b\x32\x1d.meterline.rating.v1.RatePlan\"\x16\n\x14ListRatePlansRequest\"J\n\x15ListRatePlansResponse\x12\x31\n\nrate_plans\x18\x01 \x03(\x0b\x32\x1d.meterline.rating.v1.RatePlan\"A\n\x15\x41ssignRatePlanRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0crate_plan_id\x18\x02 \x01(\t\"B\n\x16\x41ssignRatePlanResponse\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0crate_plan_id\x18\x02 \x01(\t2\xeb\x06\n\rRatingService\x12I\n\x07GetRate\x12#.meterline.rating.v1.GetRateRequest\x1a\x19.meterline.rating.v1.Rate\x12S\n\tRateUsage\x12%.meterline.rating.v1.RateUsageRequest\x1a\x1f.meterline.rating.v1.RatedUsage\x12i\n\x0eRateUsageBatch\x12*.meterline.rating.v1.RateUsageBatchRequest\x1a+.meterline.rating.v1.RateUsageBatchResponse\x12U\n\x0cUpsertTariff\x12(.meterline.rating.v1.UpsertTariffRequest\x1a\x1b.meterline.rating.v1.Tariff\x12`\n\x0bListTariffs\x12\'.meterline.rating.v1.ListTariffsRequest\x1a(.meterline.rating.v1.ListTariffsResponse\x12\x66\n\rImportTariffs\x12).meterline.rating.v1.ImportTariffsRequest\x1a*.meterline.rating.v1.ImportTariffsResponse\x12[\n\x0eUpsertRatePlan\x12*.meterline.rating.v1.UpsertRatePlanRequest\x1a\x1d.meterline.rating.v1.RatePlan\x12\x66\n\rListRatePlans\x12).meterline.rating.v1.ListRatePlansRequest\x1a*.meterline.rating.v1.ListRatePlansResponse\x12i\n\x0e\x41ssignRatePlan\x12*.meterline.rating.v1.AssignRatePlanRequest\x1a+.meterline.rating.v1.AssignRatePlanResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meterline.rating.v1.rating_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RATE']._serialized_start=124
-  _globals['_RATE']._serialized_end=385
-  _globals['_TARIFF']._serialized_start=388
-  _globals['_TARIFF']._serialized_end=721
-  _globals['_GETRATEREQUEST']._serialized_start=724
-  _globals['_GETRATEREQUEST']._serialized_end=854
-  _globals['_RATEUSAGEREQUEST']._serialized_start=857
-  _globals['_RATEUSAGEREQUEST']._serialized_end=1036
-  _globals['_RATEDUSAGE']._serialized_start=1038
-  _globals['_RATEDUSAGE']._serialized_end=1154
-  _globals['_RATEUSAGEBATCHREQUEST']._serialized_start=1156
-  _globals['_RATEUSAGEBATCHREQUEST']._serialized_end=1233
-  _globals['_ITEMERROR']._serialized_start=1235
-  _globals['_ITEMERROR']._serialized_end=1277
-  _globals['_RATEUSAGEBATCHRESULT']._serialized_start=1280
-  _globals['_RATEUSAGEBATCHRESULT']._serialized_end=1411
-  _globals['_RATEUSAGEBATCHRESPONSE']._serialized_start=1413
-  _globals['_RATEUSAGEBATCHRESPONSE']._serialized_end=1497
-  _globals['_UPSERTTARIFFREQUEST']._serialized_start=1499
-  _globals['_UPSERTTARIFFREQUEST']._serialized_end=1565
-  _globals['_LISTTARIFFSREQUEST']._serialized_start=1567
-  _globals['_LISTTARIFFSREQUEST']._serialized_end=1682
-  _globals['_LISTTARIFFSRESPONSE']._serialized_start=1684
-  _globals['_LISTTARIFFSRESPONSE']._serialized_end=1776
-  _globals['_IMPORTTARIFFSREQUEST']._serialized_start=1778
-  _globals['_IMPORTTARIFFSREQUEST']._serialized_end=1846
-  _globals['_IMPORTTARIFFSRESPONSE']._serialized_start=1848
-  _globals['_IMPORTTARIFFSRESPONSE']._serialized_end=1888
-  _globals['_RATINGSERVICE']._serialized_start=1891
-  _globals['_RATINGSERVICE']._serialized_end=2462
+  _globals['_VOLUMETIER']._serialized_start=123
+  _globals['_VOLUMETIER']._serialized_end=187
+  _globals['_BANDPRICE']._serialized_start=189
+  _globals['_BANDPRICE']._serialized_end=245
+  _globals['_TIMEBAND']._serialized_start=247
+  _globals['_TIMEBAND']._serialized_end=323
+  _globals['_RATEPLAN']._serialized_start=326
+  _globals['_RATEPLAN']._serialized_end=492
+  _globals['_RATE']._serialized_start=495
+  _globals['_RATE']._serialized_end=1073
+  _globals['_TARIFF']._serialized_start=1076
+  _globals['_TARIFF']._serialized_end=1684
+  _globals['_GETRATEREQUEST']._serialized_start=1687
+  _globals['_GETRATEREQUEST']._serialized_end=1859
+  _globals['_RATEUSAGEREQUEST']._serialized_start=1862
+  _globals['_RATEUSAGEREQUEST']._serialized_end=2083
+  _globals['_RATEDPART']._serialized_start=2086
+  _globals['_RATEDPART']._serialized_end=2228
+  _globals['_RATEDUSAGE']._serialized_start=2231
+  _globals['_RATEDUSAGE']._serialized_end=2394
+  _globals['_RATEUSAGEBATCHREQUEST']._serialized_start=2396
+  _globals['_RATEUSAGEBATCHREQUEST']._serialized_end=2498
+  _globals['_ITEMERROR']._serialized_start=2500
+  _globals['_ITEMERROR']._serialized_end=2542
+  _globals['_RATEUSAGEBATCHRESULT']._serialized_start=2545
+  _globals['_RATEUSAGEBATCHRESULT']._serialized_end=2676
+  _globals['_RATEUSAGEBATCHRESPONSE']._serialized_start=2678
+  _globals['_RATEUSAGEBATCHRESPONSE']._serialized_end=2762
+  _globals['_UPSERTTARIFFREQUEST']._serialized_start=2764
+  _globals['_UPSERTTARIFFREQUEST']._serialized_end=2830
+  _globals['_LISTTARIFFSREQUEST']._serialized_start=2833
+  _globals['_LISTTARIFFSREQUEST']._serialized_end=2995
+  _globals['_LISTTARIFFSRESPONSE']._serialized_start=2997
+  _globals['_LISTTARIFFSRESPONSE']._serialized_end=3089
+  _globals['_IMPORTTARIFFSREQUEST']._serialized_start=3091
+  _globals['_IMPORTTARIFFSREQUEST']._serialized_end=3159
+  _globals['_IMPORTTARIFFSRESPONSE']._serialized_start=3161
+  _globals['_IMPORTTARIFFSRESPONSE']._serialized_end=3201
+  _globals['_UPSERTRATEPLANREQUEST']._serialized_start=3203
+  _globals['_UPSERTRATEPLANREQUEST']._serialized_end=3276
+  _globals['_LISTRATEPLANSREQUEST']._serialized_start=3278
+  _globals['_LISTRATEPLANSREQUEST']._serialized_end=3300
+  _globals['_LISTRATEPLANSRESPONSE']._serialized_start=3302
+  _globals['_LISTRATEPLANSRESPONSE']._serialized_end=3376
+  _globals['_ASSIGNRATEPLANREQUEST']._serialized_start=3378
+  _globals['_ASSIGNRATEPLANREQUEST']._serialized_end=3443
+  _globals['_ASSIGNRATEPLANRESPONSE']._serialized_start=3445
+  _globals['_ASSIGNRATEPLANRESPONSE']._serialized_end=3511
+  _globals['_RATINGSERVICE']._serialized_start=3514
+  _globals['_RATINGSERVICE']._serialized_end=4389
 # @@protoc_insertion_point(module_scope)

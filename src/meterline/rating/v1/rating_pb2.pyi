@@ -21,6 +21,138 @@ else:
 DESCRIPTOR: _descriptor.FileDescriptor
 
 @_typing.final
+class VolumeTier(_message.Message):
+    """Volume tier: billed units up to up_to_units (cumulative within one record; 0 = no
+    limit) cost price_per_unit_micros per unit size.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    UP_TO_UNITS_FIELD_NUMBER: _builtins.int
+    PRICE_PER_UNIT_MICROS_FIELD_NUMBER: _builtins.int
+    up_to_units: _builtins.int
+    """Upper limit of the tier in units; 0 for the last, unlimited tier."""
+    price_per_unit_micros: _builtins.int
+    """Price per unit size in this tier, in micro-units."""
+    def __init__(
+        self,
+        *,
+        up_to_units: _builtins.int = ...,
+        price_per_unit_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["price_per_unit_micros", b"price_per_unit_micros", "up_to_units", b"up_to_units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VolumeTier: _TypeAlias = VolumeTier  # noqa: Y015
+
+@_typing.final
+class BandPrice(_message.Message):
+    """The price in one named time band."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BAND_FIELD_NUMBER: _builtins.int
+    PRICE_PER_UNIT_MICROS_FIELD_NUMBER: _builtins.int
+    band: _builtins.str
+    """The band, e.g. PEAK, OFF_PEAK, WEEKEND."""
+    price_per_unit_micros: _builtins.int
+    """Price per unit size in that band, in micro-units."""
+    def __init__(
+        self,
+        *,
+        band: _builtins.str = ...,
+        price_per_unit_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["band", b"band", "price_per_unit_micros", b"price_per_unit_micros"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BandPrice: _TypeAlias = BandPrice  # noqa: Y015
+
+@_typing.final
+class TimeBand(_message.Message):
+    """A band of a rate plan: on these days, between these local times."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BAND_FIELD_NUMBER: _builtins.int
+    DAYS_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    band: _builtins.str
+    """The band's name, e.g. PEAK."""
+    days: _builtins.str
+    """Days it applies on: MON..SUN, ranges (MON-FRI) and lists (SAT,SUN), or ALL."""
+    start_time: _builtins.str
+    """Local start time, HH:MM."""
+    end_time: _builtins.str
+    """Local end time, HH:MM (exclusive; 24:00 is the end of the day)."""
+    def __init__(
+        self,
+        *,
+        band: _builtins.str = ...,
+        days: _builtins.str = ...,
+        start_time: _builtins.str = ...,
+        end_time: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["band", b"band", "days", b"days", "end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TimeBand: _TypeAlias = TimeBand  # noqa: Y015
+
+@_typing.final
+class RatePlan(_message.Message):
+    """A rate plan: a named set of tariffs with its time zone and time bands."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATE_PLAN_ID_FIELD_NUMBER: _builtins.int
+    DISPLAY_NAME_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    DEFAULT_BAND_FIELD_NUMBER: _builtins.int
+    TIME_BANDS_FIELD_NUMBER: _builtins.int
+    IS_DEFAULT_FIELD_NUMBER: _builtins.int
+    rate_plan_id: _builtins.str
+    """The plan's id, e.g. "default" or "business"."""
+    display_name: _builtins.str
+    """A name for people."""
+    time_zone: _builtins.str
+    """IANA time zone the bands are read in, e.g. Europe/London."""
+    default_band: _builtins.str
+    """The band of moments no time band covers, e.g. OFF_PEAK."""
+    is_default: _builtins.bool
+    """True for the plan of accounts that have none assigned."""
+    @_builtins.property
+    def time_bands(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimeBand]:
+        """The bands; where they overlap, the first listed wins."""
+
+    def __init__(
+        self,
+        *,
+        rate_plan_id: _builtins.str = ...,
+        display_name: _builtins.str = ...,
+        time_zone: _builtins.str = ...,
+        default_band: _builtins.str = ...,
+        time_bands: _abc.Iterable[Global___TimeBand] | None = ...,
+        is_default: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_band", b"default_band", "display_name", b"display_name", "is_default", b"is_default", "rate_plan_id", b"rate_plan_id", "time_bands", b"time_bands", "time_zone", b"time_zone"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RatePlan: _TypeAlias = RatePlan  # noqa: Y015
+
+@_typing.final
 class Rate(_message.Message):
     """A priced tariff line as it applies to one service."""
 
@@ -35,6 +167,15 @@ class Rate(_message.Message):
     MINIMUM_UNITS_FIELD_NUMBER: _builtins.int
     SETUP_FEE_MICROS_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
+    FIRST_INCREMENT_UNITS_FIELD_NUMBER: _builtins.int
+    UNIT_SIZE_FIELD_NUMBER: _builtins.int
+    RATE_PLAN_ID_FIELD_NUMBER: _builtins.int
+    BAND_PRICES_FIELD_NUMBER: _builtins.int
+    TIERS_FIELD_NUMBER: _builtins.int
+    TIME_ZONE_FIELD_NUMBER: _builtins.int
+    DEFAULT_BAND_FIELD_NUMBER: _builtins.int
+    TIME_BANDS_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
     tariff_id: _builtins.str
     """The tariff that matched."""
     service_type: _types_pb2.ServiceType.ValueType
@@ -53,6 +194,32 @@ class Rate(_message.Message):
     """Charged once per service that uses at least one unit, in micro-units."""
     currency: _builtins.str
     """ISO 4217 currency code of the amounts."""
+    first_increment_units: _builtins.int
+    """The first increment (the 30 of 30/6); 0 means the same as increment_units."""
+    unit_size: _builtins.int
+    """How many units price_per_unit_micros is for: 1 per second, 1000000 per MB."""
+    rate_plan_id: _builtins.str
+    """The rate plan the tariff belongs to."""
+    time_zone: _builtins.str
+    """The plan's time zone, which the time bands are read in."""
+    default_band: _builtins.str
+    """The plan's band of moments no time band covers."""
+    @_builtins.property
+    def band_prices(self) -> _containers.RepeatedCompositeFieldContainer[Global___BandPrice]:
+        """Prices in named time bands; other bands pay price_per_unit_micros."""
+
+    @_builtins.property
+    def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___VolumeTier]:
+        """Volume tiers; when present they replace price_per_unit_micros."""
+
+    @_builtins.property
+    def time_bands(self) -> _containers.RepeatedCompositeFieldContainer[Global___TimeBand]:
+        """The plan's time bands."""
+
+    @_builtins.property
+    def effective_from(self) -> _timestamp_pb2.Timestamp:
+        """When this version of the tariff took effect."""
+
     def __init__(
         self,
         *,
@@ -65,10 +232,19 @@ class Rate(_message.Message):
         minimum_units: _builtins.int = ...,
         setup_fee_micros: _builtins.int = ...,
         currency: _builtins.str = ...,
+        first_increment_units: _builtins.int = ...,
+        unit_size: _builtins.int = ...,
+        rate_plan_id: _builtins.str = ...,
+        band_prices: _abc.Iterable[Global___BandPrice] | None = ...,
+        tiers: _abc.Iterable[Global___VolumeTier] | None = ...,
+        time_zone: _builtins.str = ...,
+        default_band: _builtins.str = ...,
+        time_bands: _abc.Iterable[Global___TimeBand] | None = ...,
+        effective_from: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "increment_units", b"increment_units", "minimum_units", b"minimum_units", "prefix", b"prefix", "price_per_unit_micros", b"price_per_unit_micros", "service_type", b"service_type", "setup_fee_micros", b"setup_fee_micros", "tariff_id", b"tariff_id", "unit", b"unit"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["band_prices", b"band_prices", "currency", b"currency", "default_band", b"default_band", "effective_from", b"effective_from", "first_increment_units", b"first_increment_units", "increment_units", b"increment_units", "minimum_units", b"minimum_units", "prefix", b"prefix", "price_per_unit_micros", b"price_per_unit_micros", "rate_plan_id", b"rate_plan_id", "service_type", b"service_type", "setup_fee_micros", b"setup_fee_micros", "tariff_id", b"tariff_id", "tiers", b"tiers", "time_bands", b"time_bands", "time_zone", b"time_zone", "unit", b"unit", "unit_size", b"unit_size"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -91,6 +267,13 @@ class Tariff(_message.Message):
     CURRENCY_FIELD_NUMBER: _builtins.int
     DESCRIPTION_FIELD_NUMBER: _builtins.int
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
+    RATE_PLAN_ID_FIELD_NUMBER: _builtins.int
+    FIRST_INCREMENT_UNITS_FIELD_NUMBER: _builtins.int
+    UNIT_SIZE_FIELD_NUMBER: _builtins.int
+    BAND_PRICES_FIELD_NUMBER: _builtins.int
+    TIERS_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_FROM_FIELD_NUMBER: _builtins.int
+    EFFECTIVE_TO_FIELD_NUMBER: _builtins.int
     tariff_id: _builtins.str
     """Server-assigned id; ignored on upsert, where (service_type, prefix) is the key."""
     service_type: _types_pb2.ServiceType.ValueType
@@ -111,9 +294,34 @@ class Tariff(_message.Message):
     """ISO 4217 currency code."""
     description: _builtins.str
     """Free text shown to operators."""
+    rate_plan_id: _builtins.str
+    """The rate plan it belongs to; empty means the default plan."""
+    first_increment_units: _builtins.int
+    """The first increment (the 30 of 30/6); 0 means the same as increment_units."""
+    unit_size: _builtins.int
+    """How many units the price is for (1, 1000, 1000000, 1048576, ...); 0 means 1."""
     @_builtins.property
     def update_time(self) -> _timestamp_pb2.Timestamp:
         """When the tariff was last written."""
+
+    @_builtins.property
+    def band_prices(self) -> _containers.RepeatedCompositeFieldContainer[Global___BandPrice]:
+        """Prices in named time bands."""
+
+    @_builtins.property
+    def tiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___VolumeTier]:
+        """Volume tiers, in increasing up_to_units, the last one with 0 (no limit)."""
+
+    @_builtins.property
+    def effective_from(self) -> _timestamp_pb2.Timestamp:
+        """When this version takes effect; unset means now (or always, for a tariff that has
+        no earlier version). Never before now for a tariff that has one: the past is not
+        rewritten.
+        """
+
+    @_builtins.property
+    def effective_to(self) -> _timestamp_pb2.Timestamp:
+        """When it stopped applying (set by the next version); unset while in force."""
 
     def __init__(
         self,
@@ -129,10 +337,17 @@ class Tariff(_message.Message):
         currency: _builtins.str = ...,
         description: _builtins.str = ...,
         update_time: _timestamp_pb2.Timestamp | None = ...,
+        rate_plan_id: _builtins.str = ...,
+        first_increment_units: _builtins.int = ...,
+        unit_size: _builtins.int = ...,
+        band_prices: _abc.Iterable[Global___BandPrice] | None = ...,
+        tiers: _abc.Iterable[Global___VolumeTier] | None = ...,
+        effective_from: _timestamp_pb2.Timestamp | None = ...,
+        effective_to: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["update_time", b"update_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["effective_from", b"effective_from", "effective_to", b"effective_to", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["currency", b"currency", "description", b"description", "increment_units", b"increment_units", "minimum_units", b"minimum_units", "prefix", b"prefix", "price_per_unit_micros", b"price_per_unit_micros", "service_type", b"service_type", "setup_fee_micros", b"setup_fee_micros", "tariff_id", b"tariff_id", "unit", b"unit", "update_time", b"update_time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["band_prices", b"band_prices", "currency", b"currency", "description", b"description", "effective_from", b"effective_from", "effective_to", b"effective_to", "first_increment_units", b"first_increment_units", "increment_units", b"increment_units", "minimum_units", b"minimum_units", "prefix", b"prefix", "price_per_unit_micros", b"price_per_unit_micros", "rate_plan_id", b"rate_plan_id", "service_type", b"service_type", "setup_fee_micros", b"setup_fee_micros", "tariff_id", b"tariff_id", "tiers", b"tiers", "unit", b"unit", "unit_size", b"unit_size", "update_time", b"update_time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -147,10 +362,16 @@ class GetRateRequest(_message.Message):
     SERVICE_TYPE_FIELD_NUMBER: _builtins.int
     ENDPOINT_FIELD_NUMBER: _builtins.int
     AT_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    RATE_PLAN_ID_FIELD_NUMBER: _builtins.int
     service_type: _types_pb2.ServiceType.ValueType
     """The service type."""
     endpoint: _builtins.str
     """The endpoint: a phone number, a host, an application id."""
+    account_id: _builtins.str
+    """The account whose rate plan applies; the default plan if empty or unassigned."""
+    rate_plan_id: _builtins.str
+    """A rate plan to use instead of the account's."""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
         """When the usage happens; now if unset."""
@@ -161,10 +382,12 @@ class GetRateRequest(_message.Message):
         service_type: _types_pb2.ServiceType.ValueType = ...,
         endpoint: _builtins.str = ...,
         at: _timestamp_pb2.Timestamp | None = ...,
+        account_id: _builtins.str = ...,
+        rate_plan_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "endpoint", b"endpoint", "service_type", b"service_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "at", b"at", "endpoint", b"endpoint", "rate_plan_id", b"rate_plan_id", "service_type", b"service_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -181,6 +404,8 @@ class RateUsageRequest(_message.Message):
     START_TIME_FIELD_NUMBER: _builtins.int
     UNITS_FIELD_NUMBER: _builtins.int
     APPLICATION_ID_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    RATE_PLAN_ID_FIELD_NUMBER: _builtins.int
     service_type: _types_pb2.ServiceType.ValueType
     """The service type."""
     endpoint: _builtins.str
@@ -189,6 +414,10 @@ class RateUsageRequest(_message.Message):
     """Units used, at least 0."""
     application_id: _builtins.str
     """The application, for APPLICATION usage."""
+    account_id: _builtins.str
+    """The account whose rate plan applies; the default plan if empty or unassigned."""
+    rate_plan_id: _builtins.str
+    """A rate plan to use instead of the account's."""
     @_builtins.property
     def start_time(self) -> _timestamp_pb2.Timestamp:
         """When the usage started; now if unset."""
@@ -201,14 +430,60 @@ class RateUsageRequest(_message.Message):
         start_time: _timestamp_pb2.Timestamp | None = ...,
         units: _builtins.int = ...,
         application_id: _builtins.str = ...,
+        account_id: _builtins.str = ...,
+        rate_plan_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "endpoint", b"endpoint", "service_type", b"service_type", "start_time", b"start_time", "units", b"units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "application_id", b"application_id", "endpoint", b"endpoint", "rate_plan_id", b"rate_plan_id", "service_type", b"service_type", "start_time", b"start_time", "units", b"units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RateUsageRequest: _TypeAlias = RateUsageRequest  # noqa: Y015
+
+@_typing.final
+class RatedPart(_message.Message):
+    """One priced part of a record: the share of a time band or a volume tier, or the
+    setup fee. The parts' amounts add up to the record's amount.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BAND_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    PRICE_PER_UNIT_MICROS_FIELD_NUMBER: _builtins.int
+    AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    band: _builtins.str
+    """PEAK, OFF_PEAK, WEEKEND, ... for time bands; TIER_1, TIER_2, ... for volume tiers;
+    SETUP_FEE for the setup fee.
+    """
+    units: _builtins.int
+    """Billed units in this part."""
+    price_per_unit_micros: _builtins.int
+    """The price per unit size applied."""
+    amount_micros: _builtins.int
+    """The part's charge, rounded up to a whole micro-unit."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the part starts (time-banded parts)."""
+
+    def __init__(
+        self,
+        *,
+        band: _builtins.str = ...,
+        units: _builtins.int = ...,
+        price_per_unit_micros: _builtins.int = ...,
+        amount_micros: _builtins.int = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "band", b"band", "price_per_unit_micros", b"price_per_unit_micros", "start_time", b"start_time", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RatedPart: _TypeAlias = RatedPart  # noqa: Y015
 
 @_typing.final
 class RatedUsage(_message.Message):
@@ -220,6 +495,7 @@ class RatedUsage(_message.Message):
     BILLED_UNITS_FIELD_NUMBER: _builtins.int
     CURRENCY_FIELD_NUMBER: _builtins.int
     RATE_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
     amount_micros: _builtins.int
     """The charge in micro-units."""
     billed_units: _builtins.int
@@ -230,6 +506,10 @@ class RatedUsage(_message.Message):
     def rate(self) -> Global___Rate:
         """The rate applied."""
 
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RatedPart]:
+        """How the amount is made up."""
+
     def __init__(
         self,
         *,
@@ -237,10 +517,11 @@ class RatedUsage(_message.Message):
         billed_units: _builtins.int = ...,
         currency: _builtins.str = ...,
         rate: Global___Rate | None = ...,
+        parts: _abc.Iterable[Global___RatedPart] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["rate", b"rate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "billed_units", b"billed_units", "currency", b"currency", "rate", b"rate"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "billed_units", b"billed_units", "currency", b"currency", "parts", b"parts", "rate", b"rate"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -253,6 +534,9 @@ class RateUsageBatchRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ITEMS_FIELD_NUMBER: _builtins.int
+    INCLUDE_DETAILS_FIELD_NUMBER: _builtins.int
+    include_details: _builtins.bool
+    """Also return each item's rate and parts (slower; off by default)."""
     @_builtins.property
     def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___RateUsageRequest]:
         """At most 10,000 items."""
@@ -261,10 +545,11 @@ class RateUsageBatchRequest(_message.Message):
         self,
         *,
         items: _abc.Iterable[Global___RateUsageRequest] | None = ...,
+        include_details: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_details", b"include_details", "items", b"items"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -385,22 +670,30 @@ class ListTariffsRequest(_message.Message):
     SERVICE_TYPE_FIELD_NUMBER: _builtins.int
     PAGE_SIZE_FIELD_NUMBER: _builtins.int
     PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    RATE_PLAN_ID_FIELD_NUMBER: _builtins.int
+    INCLUDE_HISTORY_FIELD_NUMBER: _builtins.int
     service_type: _types_pb2.ServiceType.ValueType
     """Only this service type, if set."""
     page_size: _builtins.int
     """At most this many (default 100, maximum 1000)."""
     page_token: _builtins.str
     """From a previous response's next_page_token."""
+    rate_plan_id: _builtins.str
+    """Only this plan's tariffs, if set."""
+    include_history: _builtins.bool
+    """Also list versions no longer or not yet in force."""
     def __init__(
         self,
         *,
         service_type: _types_pb2.ServiceType.ValueType = ...,
         page_size: _builtins.int = ...,
         page_token: _builtins.str = ...,
+        rate_plan_id: _builtins.str = ...,
+        include_history: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token", "service_type", b"service_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["include_history", b"include_history", "page_size", b"page_size", "page_token", b"page_token", "rate_plan_id", b"rate_plan_id", "service_type", b"service_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -479,3 +772,120 @@ class ImportTariffsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ImportTariffsResponse: _TypeAlias = ImportTariffsResponse  # noqa: Y015
+
+@_typing.final
+class UpsertRatePlanRequest(_message.Message):
+    """Creates or replaces a rate plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATE_PLAN_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rate_plan(self) -> Global___RatePlan:
+        """The plan; rate_plan_id selects the one it replaces."""
+
+    def __init__(
+        self,
+        *,
+        rate_plan: Global___RatePlan | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate_plan", b"rate_plan"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rate_plan", b"rate_plan"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UpsertRatePlanRequest: _TypeAlias = UpsertRatePlanRequest  # noqa: Y015
+
+@_typing.final
+class ListRatePlansRequest(_message.Message):
+    """Lists rate plans."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRatePlansRequest: _TypeAlias = ListRatePlansRequest  # noqa: Y015
+
+@_typing.final
+class ListRatePlansResponse(_message.Message):
+    """Every rate plan."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RATE_PLANS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def rate_plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___RatePlan]:
+        """Ordered by id."""
+
+    def __init__(
+        self,
+        *,
+        rate_plans: _abc.Iterable[Global___RatePlan] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rate_plans", b"rate_plans"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListRatePlansResponse: _TypeAlias = ListRatePlansResponse  # noqa: Y015
+
+@_typing.final
+class AssignRatePlanRequest(_message.Message):
+    """Assigns a rate plan to an account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    RATE_PLAN_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    rate_plan_id: _builtins.str
+    """The plan; empty to go back to the default plan."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        rate_plan_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "rate_plan_id", b"rate_plan_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssignRatePlanRequest: _TypeAlias = AssignRatePlanRequest  # noqa: Y015
+
+@_typing.final
+class AssignRatePlanResponse(_message.Message):
+    """The assignment made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    RATE_PLAN_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    rate_plan_id: _builtins.str
+    """The plan it now rates under."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        rate_plan_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "rate_plan_id", b"rate_plan_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AssignRatePlanResponse: _TypeAlias = AssignRatePlanResponse  # noqa: Y015

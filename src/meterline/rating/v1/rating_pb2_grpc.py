@@ -65,6 +65,21 @@ class RatingServiceStub:
                 request_serializer=meterline_dot_rating_dot_v1_dot_rating__pb2.ImportTariffsRequest.SerializeToString,
                 response_deserializer=meterline_dot_rating_dot_v1_dot_rating__pb2.ImportTariffsResponse.FromString,
                 _registered_method=True)
+        self.UpsertRatePlan = channel.unary_unary(
+                '/meterline.rating.v1.RatingService/UpsertRatePlan',
+                request_serializer=meterline_dot_rating_dot_v1_dot_rating__pb2.UpsertRatePlanRequest.SerializeToString,
+                response_deserializer=meterline_dot_rating_dot_v1_dot_rating__pb2.RatePlan.FromString,
+                _registered_method=True)
+        self.ListRatePlans = channel.unary_unary(
+                '/meterline.rating.v1.RatingService/ListRatePlans',
+                request_serializer=meterline_dot_rating_dot_v1_dot_rating__pb2.ListRatePlansRequest.SerializeToString,
+                response_deserializer=meterline_dot_rating_dot_v1_dot_rating__pb2.ListRatePlansResponse.FromString,
+                _registered_method=True)
+        self.AssignRatePlan = channel.unary_unary(
+                '/meterline.rating.v1.RatingService/AssignRatePlan',
+                request_serializer=meterline_dot_rating_dot_v1_dot_rating__pb2.AssignRatePlanRequest.SerializeToString,
+                response_deserializer=meterline_dot_rating_dot_v1_dot_rating__pb2.AssignRatePlanResponse.FromString,
+                _registered_method=True)
 
 
 class RatingServiceServicer:
@@ -113,6 +128,28 @@ class RatingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertRatePlan(self, request, context):
+        """Creates or replaces a rate plan and its time bands. Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListRatePlans(self, request, context):
+        """Lists rate plans. Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AssignRatePlan(self, request, context):
+        """Makes an account rate under a plan (accounts without one use the default plan).
+        Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RatingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +182,21 @@ def add_RatingServiceServicer_to_server(servicer, server):
                     servicer.ImportTariffs,
                     request_deserializer=meterline_dot_rating_dot_v1_dot_rating__pb2.ImportTariffsRequest.FromString,
                     response_serializer=meterline_dot_rating_dot_v1_dot_rating__pb2.ImportTariffsResponse.SerializeToString,
+            ),
+            'UpsertRatePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertRatePlan,
+                    request_deserializer=meterline_dot_rating_dot_v1_dot_rating__pb2.UpsertRatePlanRequest.FromString,
+                    response_serializer=meterline_dot_rating_dot_v1_dot_rating__pb2.RatePlan.SerializeToString,
+            ),
+            'ListRatePlans': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListRatePlans,
+                    request_deserializer=meterline_dot_rating_dot_v1_dot_rating__pb2.ListRatePlansRequest.FromString,
+                    response_serializer=meterline_dot_rating_dot_v1_dot_rating__pb2.ListRatePlansResponse.SerializeToString,
+            ),
+            'AssignRatePlan': grpc.unary_unary_rpc_method_handler(
+                    servicer.AssignRatePlan,
+                    request_deserializer=meterline_dot_rating_dot_v1_dot_rating__pb2.AssignRatePlanRequest.FromString,
+                    response_serializer=meterline_dot_rating_dot_v1_dot_rating__pb2.AssignRatePlanResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +362,87 @@ class RatingService:
             '/meterline.rating.v1.RatingService/ImportTariffs',
             meterline_dot_rating_dot_v1_dot_rating__pb2.ImportTariffsRequest.SerializeToString,
             meterline_dot_rating_dot_v1_dot_rating__pb2.ImportTariffsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertRatePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.rating.v1.RatingService/UpsertRatePlan',
+            meterline_dot_rating_dot_v1_dot_rating__pb2.UpsertRatePlanRequest.SerializeToString,
+            meterline_dot_rating_dot_v1_dot_rating__pb2.RatePlan.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListRatePlans(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.rating.v1.RatingService/ListRatePlans',
+            meterline_dot_rating_dot_v1_dot_rating__pb2.ListRatePlansRequest.SerializeToString,
+            meterline_dot_rating_dot_v1_dot_rating__pb2.ListRatePlansResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AssignRatePlan(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.rating.v1.RatingService/AssignRatePlan',
+            meterline_dot_rating_dot_v1_dot_rating__pb2.AssignRatePlanRequest.SerializeToString,
+            meterline_dot_rating_dot_v1_dot_rating__pb2.AssignRatePlanResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -45,6 +45,14 @@ class RatingServiceStub:
     """Lists tariffs. Operators only."""
     ImportTariffs: _grpc.UnaryUnaryMultiCallable[_rating_pb2.ImportTariffsRequest, _rating_pb2.ImportTariffsResponse]
     """Creates or replaces many tariffs in one transaction: all of them or none. Operators only."""
+    UpsertRatePlan: _grpc.UnaryUnaryMultiCallable[_rating_pb2.UpsertRatePlanRequest, _rating_pb2.RatePlan]
+    """Creates or replaces a rate plan and its time bands. Operators only."""
+    ListRatePlans: _grpc.UnaryUnaryMultiCallable[_rating_pb2.ListRatePlansRequest, _rating_pb2.ListRatePlansResponse]
+    """Lists rate plans. Operators only."""
+    AssignRatePlan: _grpc.UnaryUnaryMultiCallable[_rating_pb2.AssignRatePlanRequest, _rating_pb2.AssignRatePlanResponse]
+    """Makes an account rate under a plan (accounts without one use the default plan).
+    Operators only.
+    """
 
 @_typing.type_check_only
 class RatingServiceAsyncStub(RatingServiceStub):
@@ -63,6 +71,14 @@ class RatingServiceAsyncStub(RatingServiceStub):
     """Lists tariffs. Operators only."""
     ImportTariffs: _aio.UnaryUnaryMultiCallable[_rating_pb2.ImportTariffsRequest, _rating_pb2.ImportTariffsResponse]  # type: ignore[assignment]
     """Creates or replaces many tariffs in one transaction: all of them or none. Operators only."""
+    UpsertRatePlan: _aio.UnaryUnaryMultiCallable[_rating_pb2.UpsertRatePlanRequest, _rating_pb2.RatePlan]  # type: ignore[assignment]
+    """Creates or replaces a rate plan and its time bands. Operators only."""
+    ListRatePlans: _aio.UnaryUnaryMultiCallable[_rating_pb2.ListRatePlansRequest, _rating_pb2.ListRatePlansResponse]  # type: ignore[assignment]
+    """Lists rate plans. Operators only."""
+    AssignRatePlan: _aio.UnaryUnaryMultiCallable[_rating_pb2.AssignRatePlanRequest, _rating_pb2.AssignRatePlanResponse]  # type: ignore[assignment]
+    """Makes an account rate under a plan (accounts without one use the default plan).
+    Operators only.
+    """
 
 class RatingServiceServicer(metaclass=_abc_1.ABCMeta):
     """Prices usage. Gateways and the service manager call it for every unit they charge."""
@@ -114,5 +130,31 @@ class RatingServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_rating_pb2.ImportTariffsResponse, _abc.Awaitable[_rating_pb2.ImportTariffsResponse]]:
         """Creates or replaces many tariffs in one transaction: all of them or none. Operators only."""
+
+    @_abc_1.abstractmethod
+    def UpsertRatePlan(
+        self,
+        request: _rating_pb2.UpsertRatePlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rating_pb2.RatePlan, _abc.Awaitable[_rating_pb2.RatePlan]]:
+        """Creates or replaces a rate plan and its time bands. Operators only."""
+
+    @_abc_1.abstractmethod
+    def ListRatePlans(
+        self,
+        request: _rating_pb2.ListRatePlansRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rating_pb2.ListRatePlansResponse, _abc.Awaitable[_rating_pb2.ListRatePlansResponse]]:
+        """Lists rate plans. Operators only."""
+
+    @_abc_1.abstractmethod
+    def AssignRatePlan(
+        self,
+        request: _rating_pb2.AssignRatePlanRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_rating_pb2.AssignRatePlanResponse, _abc.Awaitable[_rating_pb2.AssignRatePlanResponse]]:
+        """Makes an account rate under a plan (accounts without one use the default plan).
+        Operators only.
+        """
 
 def add_RatingServiceServicer_to_server(servicer: RatingServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -14,27 +14,13 @@ from meterline.kernel.grpc_server import Authenticator
 from meterline.kernel.media import ServiceType
 from meterline.kernel.principals import PrincipalKind
 from meterline.kernel.wire import duration, service_type_from_wire, service_type_to_wire, timestamp
-from meterline.rating.v1 import rating_pb2, types_pb2
+from meterline.rating.v1 import types_pb2
 from meterline.service.v1 import service_pb2, service_pb2_grpc
-from service_manager.domain.sessions import SessionRate, TerminationReason
+from service_manager.domain.sessions import TerminationReason
+from service_manager.rates import session_rate_from_json, session_rate_to_wire
 from service_manager.sessions import Metered, SessionService
-from service_manager.storage.session_store import rate_from_json
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-
-def rate_to_wire(rate: SessionRate, service_type: ServiceType) -> rating_pb2.Rate:
-    return rating_pb2.Rate(
-        tariff_id=rate.tariff_id,
-        service_type=service_type_to_wire(service_type),
-        prefix=rate.prefix,
-        unit=types_pb2.Unit.Value(rate.unit.value),
-        price_per_unit_micros=rate.terms.price_per_unit_micros,
-        increment_units=rate.terms.increment_units,
-        minimum_units=rate.terms.minimum_units,
-        setup_fee_micros=rate.terms.setup_fee_micros,
-        currency=rate.currency,
-    )
 
 
 def reason_to_wire(reason: TerminationReason | str) -> service_pb2.TerminationReason.ValueType:
@@ -48,7 +34,7 @@ def record_to_wire(record: dict[str, Any]) -> service_pb2.ServiceRecord:
         account_id=record["account_id"],
         service_type=service_type_to_wire(service_type),
         endpoint=record["endpoint"],
-        rate=rate_to_wire(rate_from_json(record["rate"]), service_type),
+        rate=session_rate_to_wire(session_rate_from_json(record["rate"]), service_type),
         started_at=timestamp(record["started_at"]),
         ended_at=timestamp(record["ended_at"]),
         duration=duration(record["ended_at"] - record["started_at"]),
@@ -112,7 +98,7 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
                 address=started.gateway_address,
                 token=started.gateway_ticket,
             ),
-            rate=rate_to_wire(session.rate, session.service_type),
+            rate=session_rate_to_wire(session.rate, session.service_type),
             granted_units=session.granted_units,
             quota_valid_until=timestamp(started.quota_valid_until),
             balance_micros=started.available_micros,
@@ -158,7 +144,9 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
                     session_id=user.session_id,
                     account_id=user.account_id,
                     service_type=types_pb2.ServiceType.Value(user.service_type),
-                    rate=rate_to_wire(rate_from_json(user.rate), ServiceType(user.service_type)),
+                    rate=session_rate_to_wire(
+                        session_rate_from_json(user.rate), ServiceType(user.service_type)
+                    ),
                     endpoint=user.endpoint,
                     started_at=timestamp(user.started_at),
                     duration=duration(now - user.started_at),

@@ -14,14 +14,14 @@ from meterline.billing.v1 import billing_pb2, billing_pb2_grpc
 from meterline.kernel import errors
 from meterline.kernel.grpc_errors import error_reason
 from meterline.kernel.grpc_server import bearer, client_channel
-from meterline.kernel.media import ServiceType, Unit
-from meterline.kernel.pricing import RateTerms
+from meterline.kernel.media import ServiceType
 from meterline.kernel.principals import Principal, PrincipalKind
 from meterline.kernel.retry import call_with_retry
 from meterline.kernel.tokens import IssuedToken, TokenSigner
 from meterline.kernel.wire import service_type_to_wire
-from meterline.rating.v1 import rating_pb2, rating_pb2_grpc, types_pb2
+from meterline.rating.v1 import rating_pb2, rating_pb2_grpc
 from service_manager.domain.sessions import SessionRate
+from service_manager.rates import session_rate_from_wire
 
 T = TypeVar("T")
 
@@ -120,23 +120,14 @@ class Peers:
             lambda: self._billing.Release(request, metadata=self._token.metadata(), timeout=5),
         )
 
-    async def rate(self, service_type: ServiceType, endpoint: str) -> SessionRate:
+    async def rate(self, service_type: ServiceType, endpoint: str, account_id: str) -> SessionRate:
         request = rating_pb2.GetRateRequest(
-            service_type=service_type_to_wire(service_type), endpoint=endpoint
+            service_type=service_type_to_wire(service_type),
+            endpoint=endpoint,
+            account_id=account_id,
         )
         rate = await self._call(
             "rating service",
             lambda: self._rating.GetRate(request, metadata=self._token.metadata(), timeout=5),
         )
-        return SessionRate(
-            tariff_id=rate.tariff_id,
-            prefix=rate.prefix,
-            unit=Unit(types_pb2.Unit.Name(rate.unit)),
-            currency=rate.currency,
-            terms=RateTerms(
-                price_per_unit_micros=rate.price_per_unit_micros,
-                increment_units=rate.increment_units,
-                minimum_units=rate.minimum_units,
-                setup_fee_micros=rate.setup_fee_micros,
-            ),
-        )
+        return session_rate_from_wire(rate)

@@ -138,7 +138,7 @@ class SessionService:
                 f"Account {account_id} is suspended; it cannot start services.",
                 reason="ACCOUNT_SUSPENDED",
             )
-        rate = await self._peers.rate(service_type, endpoint)
+        rate = await self._peers.rate(service_type, endpoint, account_id)
         if rate.currency != account.currency:
             raise FailedPrecondition(
                 f"The tariff for {endpoint} is in {rate.currency} but the account is in "
@@ -154,13 +154,15 @@ class SessionService:
             )
         gateway_id, gateway_address = gateway
         budget = account.available_micros + account.credit_limit_micros
-        grant = rules.next_grant(rate, 0, 0, self.slice_units(rate.unit), budget)
+        now = datetime.now(UTC)
+        grant = rules.next_grant(
+            rate, 0, 0, self.slice_units(rate.unit), budget, int(now.timestamp())
+        )
         if grant is None:
             raise InsufficientFunds(
                 "Insufficient funds: the balance cannot pay for the first unit of this service. "
                 "Fund the account and try again."
             )
-        now = datetime.now(UTC)
         session = Session(
             session_id=f"ses_{uuid.uuid4().hex}",
             account_id=account_id,
@@ -270,7 +272,14 @@ class SessionService:
             return session
         account = await self._peers.account(session.account_id)
         budget = account.available_micros + account.credit_limit_micros
-        grant = rules.next_grant(session.rate, session.granted_units, used, slice_units, budget)
+        grant = rules.next_grant(
+            session.rate,
+            session.granted_units,
+            used,
+            slice_units,
+            budget,
+            session.start_epoch,
+        )
         if grant is None:
             return session
         number = await self._store.hold_count(conn, session.session_id) + 1
@@ -339,7 +348,12 @@ class SessionService:
                 budget = account.available_micros + account.credit_limit_micros
                 if (
                     rules.next_grant(
-                        session.rate, session.granted_units, session.used_units, slice_units, budget
+                        session.rate,
+                        session.granted_units,
+                        session.used_units,
+                        slice_units,
+                        budget,
+                        session.start_epoch,
                     )
                     is None
                 ):

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from meterline.kernel import money
+from meterline.kernel.bands import FLAT, BandSchedule
 from meterline.kernel.errors import InvalidArgument, UsageWentBackwards
 from meterline.kernel.media import ServiceType, Unit
 from meterline.kernel.pricing import RateTerms, affordable_units, price_units
@@ -42,13 +43,22 @@ TERMINATION_MESSAGES = {
 
 @dataclass(frozen=True, slots=True)
 class SessionRate:
-    """The rate a session was started at; it prices the whole session."""
+    """The rate a session was started at, with its plan's time bands; it prices the
+    whole session (a record is rated by the tariff in force when it started)."""
 
     tariff_id: str
     prefix: str
     unit: Unit
     terms: RateTerms
     currency: str
+    schedule: BandSchedule = FLAT
+    plan_id: str = ""
+
+    def price(self, units: int, start: int) -> int:
+        """The charge of `units` cumulative units of a session that started at `start`."""
+        return price_units(
+            self.terms, units, start, self.schedule, over_time=self.unit is Unit.SECOND
+        ).amount_micros
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +84,11 @@ class Session:
     @property
     def charged_micros(self) -> int:
         """The charge of the usage so far (never beyond what was granted)."""
-        return price_units(self.rate.terms, self.billable_units).amount_micros
+        return self.rate.price(self.billable_units, self.start_epoch)
+
+    @property
+    def start_epoch(self) -> int:
+        return int(self.started_at.timestamp())
 
     @property
     def billable_units(self) -> int:
@@ -126,17 +140,30 @@ class Grant:
 
 
 def next_grant(
-    rate: SessionRate, granted_units: int, used_units: int, slice_units: int, budget_micros: int
+    rate: SessionRate,
+    granted_units: int,
+    used_units: int,
+    slice_units: int,
+    budget_micros: int,
+    start: int = 0,
 ) -> Grant | None:
     """The next slice the budget can fund: enough to cover `used_units` plus a slice,
     less if the budget is short; None if not one more increment fits."""
     target = max(granted_units, used_units) + slice_units
-    new_granted = affordable_units(rate.terms, granted_units, max(budget_micros, 0), target)
+    new_granted = affordable_units(
+        rate.terms,
+        granted_units,
+        max(budget_micros, 0),
+        target,
+        start,
+        rate.schedule,
+        over_time=rate.unit is Unit.SECOND,
+    )
     if new_granted <= granted_units:
         return None
     amount = money.add(
-        price_units(rate.terms, new_granted).amount_micros,
-        -price_units(rate.terms, granted_units).amount_micros,
+        rate.price(new_granted, start),
+        -rate.price(granted_units, start),
     )
     if amount == 0:
         # A free slice needs no hold, but still extends the grant.

@@ -12,7 +12,7 @@ from typing import Any
 from redis.asyncio import Redis
 
 from service_manager.domain.sessions import Session
-from service_manager.storage.session_store import rate_to_json
+from service_manager.rates import session_rate_to_json
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,7 @@ class Presence:
                     "gateway_id": session.gateway_id,
                     "started_at": session.started_at.isoformat(),
                     "used_units": session.used_units,
-                    "rate": json.dumps(rate_to_json(session.rate)),
+                    "rate": json.dumps(session_rate_to_json(session.rate)),
                 },
             )
             pipe.zadd(self._active_key, {session.session_id: session.started_at.timestamp()})

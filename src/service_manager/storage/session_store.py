@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
 from datetime import datetime
 from typing import Any
 
@@ -10,40 +9,14 @@ from sqlalchemy import func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from meterline.kernel.media import ServiceType, Unit
-from meterline.kernel.pricing import RateTerms
+from meterline.kernel.media import ServiceType
 from service_manager.domain.sessions import (
     Session,
-    SessionRate,
     SessionStatus,
     TerminationReason,
 )
+from service_manager.rates import session_rate_from_json, session_rate_to_json
 from service_manager.storage.models import gateways, service_records, session_holds, sessions
-
-
-def rate_to_json(rate: SessionRate) -> dict[str, Any]:
-    return {
-        "tariff_id": rate.tariff_id,
-        "prefix": rate.prefix,
-        "unit": rate.unit.value,
-        "currency": rate.currency,
-        **asdict(rate.terms),
-    }
-
-
-def rate_from_json(data: dict[str, Any]) -> SessionRate:
-    return SessionRate(
-        tariff_id=data["tariff_id"],
-        prefix=data["prefix"],
-        unit=Unit(data["unit"]),
-        currency=data["currency"],
-        terms=RateTerms(
-            price_per_unit_micros=data["price_per_unit_micros"],
-            increment_units=data["increment_units"],
-            minimum_units=data["minimum_units"],
-            setup_fee_micros=data["setup_fee_micros"],
-        ),
-    )
 
 
 def _session(row: Any) -> Session:
@@ -54,7 +27,7 @@ def _session(row: Any) -> Session:
         endpoint=row.endpoint,
         application_id=row.application_id,
         gateway_id=row.gateway_id,
-        rate=rate_from_json(row.rate),
+        rate=session_rate_from_json(row.rate),
         status=SessionStatus(row.status),
         started_at=row.started_at,
         last_update_at=row.last_update_at,
@@ -139,7 +112,7 @@ class SessionStore:
                 endpoint=session.endpoint,
                 application_id=session.application_id,
                 gateway_id=session.gateway_id,
-                rate=rate_to_json(session.rate),
+                rate=session_rate_to_json(session.rate),
                 status=session.status.value,
                 started_at=session.started_at,
                 last_update_at=session.last_update_at,
@@ -267,7 +240,7 @@ class SessionStore:
                 endpoint=session.endpoint,
                 application_id=session.application_id,
                 gateway_id=session.gateway_id,
-                rate=rate_to_json(session.rate),
+                rate=session_rate_to_json(session.rate),
                 started_at=session.started_at,
                 ended_at=ended_at,
                 used_units=session.used_units,

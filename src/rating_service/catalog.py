@@ -78,8 +78,11 @@ class TariffCatalog:
     ) -> list[Tariff]:
         return await self._store.list_page(service_type, plan_id, include_history, offset, limit)
 
-    async def upsert(self, tariffs: Sequence[Tariff]) -> list[Tariff]:
-        """Validate all, then write all in one transaction, then reload."""
+    async def upsert(
+        self, tariffs: Sequence[Tariff], plans: Sequence[RatePlan] = ()
+    ) -> list[Tariff]:
+        """Validate all, then write the plans and the tariffs in one transaction, then
+        reload."""
         seen: set[tuple[str, str, str, object]] = set()
         prepared = []
         for number, tariff in enumerate(tariffs, start=1):
@@ -97,7 +100,7 @@ class TariffCatalog:
                 )
             seen.add(identity)
             prepared.append(_with_key(tariff, key))
-        written = await self._store.write_tariffs(prepared)
+        written = await self._store.write_tariffs(prepared, plans)
         await self.refresh()
         return written
 

@@ -282,7 +282,7 @@ class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
         self, request: rating_pb2.ImportTariffsRequest, context: Context
     ) -> rating_pb2.ImportTariffsResponse:
         self._operator(context)
-        if not request.tariffs:
+        if not request.tariffs and not request.rate_plans:
             raise InvalidArgument("The import holds no tariffs.")
         if len(request.tariffs) > MAX_IMPORT_TARIFFS:
             raise InvalidArgument(f"An import holds at most {MAX_IMPORT_TARIFFS} tariffs.")
@@ -292,8 +292,14 @@ class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
                 items.append(tariff_from_wire(wire))
             except InvalidArgument as error:
                 raise InvalidArgument(f"tariff {number}: {error.message}") from error
-        written = await self._catalog.upsert(items)
-        return rating_pb2.ImportTariffsResponse(written=len(written))
+        plans = []
+        for number, wire_plan in enumerate(request.rate_plans, start=1):
+            try:
+                plans.append(plan_from_wire(wire_plan))
+            except InvalidArgument as error:
+                raise InvalidArgument(f"rate plan {number}: {error.message}") from error
+        written = await self._catalog.upsert(items, plans)
+        return rating_pb2.ImportTariffsResponse(written=len(written), plans_written=len(plans))
 
     @unary
     async def ListTariffs(

@@ -336,6 +336,21 @@ def account_show(
     typer.echo("\n".join(lines))
 
 
+@account_app.command("plan")
+def account_plan(
+    account_id: Annotated[str, typer.Argument(help="The account.")],
+    plan_id: Annotated[str, typer.Argument(help="The rate plan it rates under.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Make an account rate under a plan (`default` goes back to the default plan)."""
+    assigned = _run(lambda client: client.assign_plan(account_id, plan_id))
+    _emit(
+        as_json,
+        {"account_id": account_id, "rate_plan_id": assigned},
+        f"{account_id} rates under plan {assigned}",
+    )
+
+
 # -- credentials ---------------------------------------------------------------------------
 
 
@@ -384,16 +399,65 @@ def tariffs_import(
     file: Annotated[Path, typer.Argument(help="A .csv, .yaml or .yml tariff sheet.")],
     as_json: JsonOption = False,
 ) -> None:
-    """Load a tariff sheet: every row is checked first, then all are written or none."""
-    from rating_service.domain.tariff_files import read_tariff_file
-    from rating_service.grpc_api import tariff_to_wire
+    """Load a tariff sheet (and the rate plans a YAML sheet defines): every row is checked
+    first, then all are written in one transaction, or none."""
+    from rating_service.domain.tariff_files import read_tariff_sheet
+    from rating_service.grpc_api import plan_to_wire, tariff_to_wire
 
     try:
-        tariffs = read_tariff_file(file)
+        sheet = read_tariff_sheet(file)
     except MeterlineError as error:
         _fail(error.message, code=2)
-    written = _run(lambda client: client.import_tariffs([tariff_to_wire(t) for t in tariffs]))
-    _emit(as_json, {"written": written}, f"imported {written} tariffs from {file}")
+    written = _run(
+        lambda client: client.import_tariffs(
+            [tariff_to_wire(t) for t in sheet.tariffs], [plan_to_wire(p) for p in sheet.plans]
+        )
+    )
+    _emit(
+        as_json,
+        {"written": written, "rate_plans": len(sheet.plans)},
+        f"imported {written} tariffs"
+        + (f" and {len(sheet.plans)} rate plans" if sheet.plans else "")
+        + f" from {file}",
+    )
+
+
+@tariffs_app.command("export")
+def tariffs_export(
+    file: Annotated[Path, typer.Argument(help="A .csv, .yaml or .yml file to write.")],
+    history: Annotated[
+        bool, typer.Option("--history", help="Also versions no longer in force.")
+    ] = False,
+) -> None:
+    """Write the tariffs (and, to YAML, the rate plans) to a sheet `tariffs import` reads."""
+    from rating_service.domain.tariff_files import write_tariff_sheet
+    from rating_service.grpc_api import plan_from_wire, tariff_from_wire
+
+    async def work(client: OperatorClient) -> tuple[list[Any], list[Any]]:
+        return await client.rate_plans(), await client.tariffs(include_history=history)
+
+    plans, tariffs = _run(work)
+    try:
+        write_tariff_sheet(
+            file, [plan_from_wire(p) for p in plans], [tariff_from_wire(t) for t in tariffs]
+        )
+    except (MeterlineError, OSError) as error:
+        _fail(getattr(error, "message", str(error)), code=2)
+    typer.echo(f"exported {len(tariffs)} tariffs and {len(plans)} rate plans to {file}")
+
+
+@tariffs_app.command("plans")
+def tariffs_plans(as_json: JsonOption = False) -> None:
+    """The rate plans with their time zones and time bands."""
+    plans = _run(lambda client: client.rate_plans())
+    lines = []
+    for plan in plans:
+        default = " (default)" if plan.is_default else ""
+        lines.append(f"{plan.rate_plan_id}{default}: {plan.display_name}, {plan.time_zone}")
+        lines.append(f"  otherwise {plan.default_band}")
+        for band in plan.time_bands:
+            lines.append(f"  {band.band:10s} {band.days:28s} {band.start_time}-{band.end_time}")
+    _emit(as_json, [_dict(p) for p in plans], "\n".join(lines))
 
 
 @tariffs_app.command("list")

@@ -97,16 +97,34 @@ class OperatorClient:
         )
         return await self.auth.CreateCredential(request, metadata=self._metadata, timeout=TIMEOUT)
 
-    async def import_tariffs(self, tariffs: Sequence[rating_pb2.Tariff]) -> int:
-        request = rating_pb2.ImportTariffsRequest(tariffs=tariffs)
+    async def import_tariffs(
+        self, tariffs: Sequence[rating_pb2.Tariff], plans: Sequence[rating_pb2.RatePlan] = ()
+    ) -> int:
+        request = rating_pb2.ImportTariffsRequest(tariffs=tariffs, rate_plans=plans)
         response = await self.rating.ImportTariffs(request, metadata=self._metadata, timeout=60)
         return int(response.written)
 
-    async def tariffs(self) -> list[rating_pb2.Tariff]:
+    async def rate_plans(self) -> list[rating_pb2.RatePlan]:
+        response = await self.rating.ListRatePlans(
+            rating_pb2.ListRatePlansRequest(), metadata=self._metadata, timeout=TIMEOUT
+        )
+        return list(response.rate_plans)
+
+    async def assign_plan(self, account_id: str, plan_id: str) -> str:
+        response = await self.rating.AssignRatePlan(
+            rating_pb2.AssignRatePlanRequest(account_id=account_id, rate_plan_id=plan_id),
+            metadata=self._metadata,
+            timeout=TIMEOUT,
+        )
+        return str(response.rate_plan_id)
+
+    async def tariffs(self, include_history: bool = False) -> list[rating_pb2.Tariff]:
         found: list[rating_pb2.Tariff] = []
         token = ""
         while True:
-            request = rating_pb2.ListTariffsRequest(page_size=1000, page_token=token)
+            request = rating_pb2.ListTariffsRequest(
+                page_size=1000, page_token=token, include_history=include_history
+            )
             page = await self.rating.ListTariffs(request, metadata=self._metadata, timeout=TIMEOUT)
             found.extend(page.tariffs)
             token = page.next_page_token

@@ -113,10 +113,15 @@ class TariffStore:
     async def _notify(self, conn: AsyncConnection) -> None:
         await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANGES_CHANNEL})
 
-    async def write_tariffs(self, items: Sequence[Tariff]) -> list[Tariff]:
-        """Add a version of each tariff, in one transaction: all or none."""
+    async def write_tariffs(
+        self, items: Sequence[Tariff], plans: Sequence[RatePlan] = ()
+    ) -> list[Tariff]:
+        """Write the plans, then add a version of each tariff, in one transaction: all or
+        none."""
         written: list[Tariff] = []
         async with self._engine.begin() as conn:
+            for plan in plans:
+                await self._write_plan(conn, plan)
             now = (await conn.execute(select(func.clock_timestamp()))).scalar_one()
             known_plans = set((await conn.execute(select(rate_plans.c.plan_id))).scalars())
             for number, tariff in enumerate(items, start=1):
@@ -249,33 +254,37 @@ class TariffStore:
             return [_tariff(row) for row in await conn.execute(query)]
 
     async def write_plan(self, plan: RatePlan) -> RatePlan:
-        values = _plan_values(plan)
         async with self._engine.begin() as conn:
-            if plan.is_default:
-                await conn.execute(
-                    update(rate_plans)
-                    .where(rate_plans.c.plan_id != plan.plan_id, rate_plans.c.is_default)
-                    .values(is_default=False, updated_at=func.clock_timestamp())
-                )
-            statement = insert(rate_plans).values(**values, updated_at=func.clock_timestamp())
-            row = (
-                await conn.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=["plan_id"],
-                        set_={**values, "updated_at": func.clock_timestamp()},
-                    ).returning(rate_plans)
-                )
-            ).one()
-            if not plan.is_default:
-                defaults = (
-                    await conn.execute(select(func.count()).where(rate_plans.c.is_default))
-                ).scalar_one()
-                if not defaults:
-                    raise InvalidArgument(
-                        "This would leave no default plan; mark another plan default first.",
-                        reason="NO_DEFAULT_PLAN",
-                    )
+            written = await self._write_plan(conn, plan)
             await self._notify(conn)
+        return written
+
+    async def _write_plan(self, conn: AsyncConnection, plan: RatePlan) -> RatePlan:
+        values = _plan_values(plan)
+        if plan.is_default:
+            await conn.execute(
+                update(rate_plans)
+                .where(rate_plans.c.plan_id != plan.plan_id, rate_plans.c.is_default)
+                .values(is_default=False, updated_at=func.clock_timestamp())
+            )
+        statement = insert(rate_plans).values(**values, updated_at=func.clock_timestamp())
+        row = (
+            await conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["plan_id"],
+                    set_={**values, "updated_at": func.clock_timestamp()},
+                ).returning(rate_plans)
+            )
+        ).one()
+        if not plan.is_default:
+            defaults = (
+                await conn.execute(select(func.count()).where(rate_plans.c.is_default))
+            ).scalar_one()
+            if not defaults:
+                raise InvalidArgument(
+                    "This would leave no default plan; mark another plan default first.",
+                    reason="NO_DEFAULT_PLAN",
+                )
         return _plan(row)
 
     async def plans(self) -> list[RatePlan]:

@@ -729,23 +729,29 @@ Global___ListTariffsResponse: _TypeAlias = ListTariffsResponse  # noqa: Y015
 
 @_typing.final
 class ImportTariffsRequest(_message.Message):
-    """Many tariffs to write at once."""
+    """Many tariffs (and the rate plans they use) to write at once."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TARIFFS_FIELD_NUMBER: _builtins.int
+    RATE_PLANS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def tariffs(self) -> _containers.RepeatedCompositeFieldContainer[Global___Tariff]:
-        """The tariffs; each (service_type, prefix) at most once."""
+        """The tariffs; each (rate_plan_id, service_type, prefix, effective_from) at most once."""
+
+    @_builtins.property
+    def rate_plans(self) -> _containers.RepeatedCompositeFieldContainer[Global___RatePlan]:
+        """Rate plans to create or replace first, in the same transaction."""
 
     def __init__(
         self,
         *,
         tariffs: _abc.Iterable[Global___Tariff] | None = ...,
+        rate_plans: _abc.Iterable[Global___RatePlan] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["tariffs", b"tariffs"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["rate_plans", b"rate_plans", "tariffs", b"tariffs"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -758,16 +764,20 @@ class ImportTariffsResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WRITTEN_FIELD_NUMBER: _builtins.int
+    PLANS_WRITTEN_FIELD_NUMBER: _builtins.int
     written: _builtins.int
-    """How many tariffs were created or replaced."""
+    """How many tariff versions were written."""
+    plans_written: _builtins.int
+    """How many rate plans were created or replaced."""
     def __init__(
         self,
         *,
         written: _builtins.int = ...,
+        plans_written: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["written", b"written"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["plans_written", b"plans_written", "written", b"written"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -4,10 +4,12 @@ match the wire enums (meterline.rating.v1.ServiceType and Unit) exactly."""
 from __future__ import annotations
 
 import enum
+import re
 
 from meterline.kernel.errors import InvalidArgument
 
 MAX_ENDPOINT_LENGTH = 256
+_SPACE = re.compile(r"\s")
 
 
 class ServiceType(enum.StrEnum):
@@ -43,6 +45,6 @@ def validate_endpoint(endpoint: str, field: str = "endpoint") -> str:
         raise InvalidArgument(f"{field} is empty: give the number, host or application used.")
     if len(endpoint) > MAX_ENDPOINT_LENGTH:
         raise InvalidArgument(f"{field} is longer than {MAX_ENDPOINT_LENGTH} characters.")
-    if not endpoint.isprintable() or any(char.isspace() for char in endpoint):
+    if _SPACE.search(endpoint) or not endpoint.isprintable():
         raise InvalidArgument(f"{field} may not contain spaces or control characters.")
     return endpoint

@@ -41,6 +41,9 @@ def test_every_setting_is_documented() -> None:
         ["account", "show", "--help"],
         ["credential", "issue", "--help"],
         ["tariffs", "import", "--help"],
+        ["tariffs", "export", "--help"],
+        ["tariffs", "plans", "--help"],
+        ["account", "plan", "--help"],
         ["sessions", "list", "--help"],
     ],
 )

@@ -14,6 +14,7 @@ from meterline.kernel.errors import InvalidArgument, MeterlineError
 from meterline.kernel.grpc_errors import status_code_for, unary
 from meterline.kernel.grpc_server import Authenticator
 from meterline.kernel.media import ServiceType
+from meterline.kernel.money import AmountError
 from meterline.kernel.pricing import RateTerms, VolumeTier
 from meterline.kernel.principals import PrincipalKind
 from meterline.kernel.wire import (
@@ -248,18 +249,43 @@ class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
                 f"A batch holds at most {MAX_BATCH_ITEMS} items; this one has "
                 f"{len(request.items)}. Split it."
             )
-        details = request.include_details
         response = rating_pb2.RateUsageBatchResponse()
         results = response.results
-        rated_of = self._rated
-        fill = self._fill
+        if request.include_details:
+            for item in request.items:
+                result = results.add()
+                try:
+                    self._fill(result.rated, self._rated(item), details=True)
+                except (MeterlineError, AmountError) as error:
+                    _item_error(result, error)
+            return response
+        # The bulk path: amounts only, no per-item objects beyond the result.
+        quote = self._catalog.index.quote
+        now = int(time.time())
         for item in request.items:
             result = results.add()
             try:
-                fill(result.rated, rated_of(item), details)
-            except MeterlineError as error:
-                result.error.code = status_code_for(error).value[0]
-                result.error.message = error.message
+                service_type = _SERVICE_TYPES.get(item.service_type)
+                if service_type is None:
+                    service_type_from_wire(item.service_type)  # raises the clear error
+                endpoint = item.endpoint
+                if service_type is ServiceType.APPLICATION and not endpoint:
+                    endpoint = item.application_id
+                start = item.start_time
+                tariff, amount, billed = quote(
+                    service_type,  # type: ignore[arg-type]
+                    endpoint,
+                    item.units,
+                    start.seconds or now,
+                    item.account_id,
+                    item.rate_plan_id,
+                )
+                rated = result.rated
+                rated.amount_micros = amount
+                rated.billed_units = billed
+                rated.currency = tariff.currency
+            except (MeterlineError, AmountError) as error:
+                _item_error(result, error)
         return response
 
     def _operator(self, context: Context) -> None:
@@ -354,6 +380,14 @@ class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
         return rating_pb2.AssignRatePlanResponse(
             account_id=request.account_id, rate_plan_id=plan.plan_id
         )
+
+
+def _item_error(result: rating_pb2.RateUsageBatchResult, error: Exception) -> None:
+    if isinstance(error, AmountError):
+        error = InvalidArgument(str(error))
+    assert isinstance(error, MeterlineError)
+    result.error.code = status_code_for(error).value[0]
+    result.error.message = error.message
 
 
 def _encode_token(offset: int) -> str:

@@ -123,6 +123,30 @@ def price_units(
     return Price(amount_micros=amount, billed_units=billed, parts=tuple(parts))
 
 
+def price_amount(
+    terms: RateTerms,
+    units: int,
+    start: int = 0,
+    schedule: BandSchedule = FLAT,
+    over_time: bool = False,
+) -> tuple[int, int]:
+    """(amount_micros, billed_units): the same figures as price_units, without building
+    the parts, for bulk rating."""
+    if terms.tiers or (terms.band_prices and over_time and not schedule.is_flat):
+        price = price_units(terms, units, start, schedule, over_time)
+        return price.amount_micros, price.billed_units
+    billed = billed_units(terms, units)
+    if billed == 0:
+        return 0, 0
+    unit_price = (
+        terms.band_price(schedule.band_at(start))
+        if terms.band_prices
+        else terms.price_per_unit_micros
+    )
+    amount = -(-billed * unit_price // terms.unit_size) + terms.setup_fee_micros
+    return money.check_micros(amount), billed
+
+
 def _part(terms: RateTerms, label: str, units: int, price: int, start: int) -> PricePart:
     amount = money.cost_of_units(units, price, terms.unit_size)
     return PricePart(label, units, price, amount, start)

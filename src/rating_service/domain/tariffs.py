@@ -24,7 +24,7 @@ from meterline.kernel import money
 from meterline.kernel.bands import FLAT, validate_band_name
 from meterline.kernel.errors import InvalidArgument, NotFound
 from meterline.kernel.media import ServiceType, Unit, validate_endpoint
-from meterline.kernel.pricing import Price, RateTerms, price_units
+from meterline.kernel.pricing import Price, RateTerms, price_amount, price_units
 from rating_service.domain.plans import DEFAULT_PLAN, DEFAULT_PLAN_ID, RatePlan
 
 MAX_PREFIX_LENGTH = 64
@@ -179,7 +179,8 @@ class _Versions:
         self.ends = [_epoch(t.effective_to, FOREVER) for t in self.tariffs]
 
     def at(self, moment: int) -> Tariff | None:
-        # Usually one version: check the newest first.
+        if len(self.tariffs) == 1:  # the usual case
+            return self.tariffs[0] if self.starts[0] <= moment < self.ends[0] else None
         for index in range(len(self.tariffs) - 1, -1, -1):
             if self.starts[index] <= moment < self.ends[index]:
                 return self.tariffs[index]
@@ -254,7 +255,14 @@ class TariffIndex:
         plan = plan or self.default_plan
         slot = (plan.plan_id, service_type)
         keys = self._keys.get(slot)
-        if keys:
+        if keys and MATCH_MODE[service_type] is MatchMode.PREFIX:
+            for length in range(min(len(endpoint), self._longest[slot]), -1, -1):
+                versions = keys.get(endpoint[:length])
+                if versions is not None:
+                    tariff = versions.at(at)
+                    if tariff is not None:
+                        return tariff
+        elif keys:
             for key in self._candidates(service_type, endpoint, self._longest[slot]):
                 versions = keys.get(key)
                 if versions is not None:
@@ -289,6 +297,28 @@ class TariffIndex:
             over_time=timed,
         )
         return RatedUsage(tariff, plan, price)
+
+    def quote(
+        self,
+        service_type: ServiceType,
+        endpoint: str,
+        units: int,
+        at: int,
+        account_id: str = "",
+        plan_id: str = "",
+    ) -> tuple[Tariff, int, int]:
+        """(tariff, amount_micros, billed_units) of one record: `rate` without the parts,
+        for bulk rating."""
+        plan = self.plan_for(account_id, plan_id) if account_id or plan_id else self.default_plan
+        tariff = self.match(service_type, endpoint, at, plan)
+        amount, billed = price_amount(
+            tariff.terms,
+            validate_units(units),
+            at,
+            plan.schedule if tariff.terms.band_prices else FLAT,
+            over_time=tariff.unit is Unit.SECOND,
+        )
+        return tariff, amount, billed
 
     def tariffs(self) -> Iterator[Tariff]:
         for keys in self._keys.values():

@@ -15,6 +15,7 @@ import json
 import sys
 import uuid
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -426,7 +427,12 @@ def tariffs_import(
 def tariffs_export(
     file: Annotated[Path, typer.Argument(help="A .csv, .yaml or .yml file to write.")],
     history: Annotated[
-        bool, typer.Option("--history", help="Also versions no longer in force.")
+        bool,
+        typer.Option(
+            "--history",
+            help="Also versions scheduled or no longer in force (for audit: ended versions "
+            "do not import again).",
+        ),
     ] = False,
 ) -> None:
     """Write the tariffs (and, to YAML, the rate plans) to a sheet `tariffs import` reads."""
@@ -434,9 +440,17 @@ def tariffs_export(
     from rating_service.grpc_api import plan_from_wire, tariff_from_wire
 
     async def work(client: OperatorClient) -> tuple[list[Any], list[Any]]:
-        return await client.rate_plans(), await client.tariffs(include_history=history)
+        return await client.rate_plans(), await client.tariffs(include_history=True)
 
     plans, tariffs = _run(work)
+    if not history:
+        # In force and scheduled: what restores this state when imported again.
+        now = datetime.now(UTC)
+        tariffs = [
+            t
+            for t in tariffs
+            if not t.HasField("effective_to") or t.effective_to.ToDatetime(tzinfo=UTC) > now
+        ]
     try:
         write_tariff_sheet(
             file, [plan_from_wire(p) for p in plans], [tariff_from_wire(t) for t in tariffs]
@@ -461,11 +475,16 @@ def tariffs_plans(as_json: JsonOption = False) -> None:
 
 
 @tariffs_app.command("list")
-def tariffs_list(as_json: JsonOption = False) -> None:
-    """Every tariff."""
+def tariffs_list(
+    history: Annotated[
+        bool, typer.Option("--history", help="Also versions scheduled or no longer in force.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """The tariffs in force (with --history, every version)."""
     from meterline.rating.v1 import types_pb2
 
-    tariffs = _run(lambda client: client.tariffs())
+    tariffs = _run(lambda client: client.tariffs(include_history=history))
     lines = [
         f"{types_pb2.ServiceType.Name(t.service_type):18s} {t.prefix or '*':16s} "
         f"{format_amount(t.price_per_unit_micros):>10} {t.currency}/{types_pb2.Unit.Name(t.unit)}"

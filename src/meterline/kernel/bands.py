@@ -83,6 +83,27 @@ def zone(name: str) -> ZoneInfo:
         ) from exc
 
 
+def wall_clock_instant(wall: datetime, tz: ZoneInfo) -> int:
+    """The epoch second a naive local wall-clock time happens in `tz`: its first occurrence
+    when clocks go back, and the moment the clock jumps when it falls in the hour skipped
+    when clocks go forward."""
+    before = int(wall.replace(tzinfo=tz, fold=0).timestamp())
+    after = int(wall.replace(tzinfo=tz, fold=1).timestamp())
+    if before <= after:
+        return before  # exists (before == after) or happens twice (the first is before)
+    # Skipped: the jump lies between `after` and `before`; find the first second with the
+    # new offset.
+    new_offset = datetime.fromtimestamp(before, tz).utcoffset()
+    low, high = after, before
+    while low < high:
+        middle = (low + high) // 2
+        if datetime.fromtimestamp(middle, tz).utcoffset() == new_offset:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 @dataclass(frozen=True)
 class BandSchedule:
     """A plan's bands. Moments no rule covers are in `default_band`; where rules overlap,
@@ -132,13 +153,13 @@ class BandSchedule:
         if cached is not None:
             return cached
         tz = zone(self.time_zone)
-        midnight = datetime(day.year, day.month, day.day, tzinfo=tz)
+        midnight = datetime(day.year, day.month, day.day)
         starts: list[int] = []
         ends: list[int] = []
         bands: list[str] = []
         for start, end, band in self._template(day.weekday()):
-            starts.append(int((midnight + timedelta(minutes=start)).timestamp()))
-            ends.append(int((midnight + timedelta(minutes=end)).timestamp()))
+            starts.append(wall_clock_instant(midnight + timedelta(minutes=start), tz))
+            ends.append(wall_clock_instant(midnight + timedelta(minutes=end), tz))
             bands.append(band)
         if len(self._days) > 4096:
             self._days.clear()

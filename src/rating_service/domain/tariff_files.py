@@ -146,8 +146,8 @@ def _increments(row: Mapping[str, Any]) -> tuple[int, int]:
     first, slash, following = text.partition("/")
     if not _WHOLE.fullmatch(first.strip()) or (slash and not _WHOLE.fullmatch(following.strip())):
         raise InvalidArgument(f"increment {text!r}: write first/next, e.g. 60/60, 30/6 or 1/1")
-    if not slash:
-        return 0, int(first)
+    if not slash or int(first) == int(following):
+        return 0, int(following or first)  # 60/60 is the same as 60
     return int(first), int(following)
 
 
@@ -380,14 +380,18 @@ def _tariff_item(tariff: Tariff) -> dict[str, Any]:
         "unit": tariff.unit.value,
         "price_per_unit": money.format_amount(terms.price_per_unit_micros),
         "unit_size": str(terms.unit_size),
-        "increment": f"{terms.first_increment_units or terms.increment_units}/"
-        f"{terms.increment_units}",
+        "increment": (
+            f"{terms.first_increment_units}/{terms.increment_units}"
+            if terms.first_increment_units
+            else str(terms.increment_units)
+        ),
         "minimum_units": terms.minimum_units,
         "setup_fee": money.format_amount(terms.setup_fee_micros),
         "currency": tariff.currency,
         "description": tariff.description,
     }
-    if tariff.effective_from is not None:
+    if tariff.effective_from is not None and tariff.effective_from > datetime.now(UTC):
+        # Only a scheduled version keeps its start: one in force re-imports as "in force".
         item["effective_from"] = tariff.effective_from.isoformat()
     if terms.band_prices:
         item["band_prices"] = {band: money.format_amount(p) for band, p in terms.band_prices}

@@ -84,6 +84,15 @@ def _plan_values(plan: RatePlan) -> dict[str, Any]:
     }
 
 
+def _same_terms(stored: Tariff, given: Tariff) -> bool:
+    return (
+        stored.terms == given.terms
+        and stored.unit == given.unit
+        and stored.currency == given.currency
+        and stored.description == given.description
+    )
+
+
 class TariffStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -152,9 +161,11 @@ class TariffStore:
             )
         ).all()
         start = tariff.effective_from
-        if versions and start is None:
+        # Something already rated usage under this key: a version in force or ended.
+        has_past = any(row.effective_from is None or row.effective_from <= now for row in versions)
+        if has_past and start is None:
             start = now
-        if versions and start is not None and start < now - PAST_ALLOWANCE:
+        if has_past and start is not None and start < now - PAST_ALLOWANCE:
             raise InvalidArgument(
                 f"tariff {number}: effective_from {start.isoformat()} is in the past; a new "
                 "version applies from now on and never reprices usage already rated.",
@@ -192,6 +203,17 @@ class TariffStore:
             "effective_to": min(later) if later else None,
             "updated_at": func.clock_timestamp(),
         }
+        current = same[0] if same else (earlier[-1] if earlier else None)
+        if current is not None:
+            existing = _tariff(
+                (
+                    await conn.execute(
+                        select(tariffs).where(tariffs.c.tariff_id == current.tariff_id)
+                    )
+                ).one()
+            )
+            if _same_terms(existing, tariff):
+                return existing  # importing what is already in force changes nothing
         if same:
             # A version not yet in force may be replaced; one in force may not.
             if start is None or start <= now:
@@ -248,7 +270,8 @@ class TariffStore:
             query = query.where(tariffs.c.plan_id == plan_id)
         if not include_history:
             query = query.where(
-                tariffs.c.effective_to.is_(None) | (tariffs.c.effective_to > func.now())
+                tariffs.c.effective_from.is_(None) | (tariffs.c.effective_from <= func.now()),
+                tariffs.c.effective_to.is_(None) | (tariffs.c.effective_to > func.now()),
             )
         async with self._engine.connect() as conn:
             return [_tariff(row) for row in await conn.execute(query)]

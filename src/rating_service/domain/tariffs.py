@@ -289,13 +289,8 @@ class TariffIndex:
         plan = self.plan_for(account_id, plan_id)
         tariff = self.match(service_type, endpoint, at, plan)
         timed = tariff.unit is Unit.SECOND
-        price = price_units(
-            tariff.terms,
-            validate_units(units),
-            at,
-            plan.schedule if tariff.terms.band_prices else FLAT,
-            over_time=timed,
-        )
+        # The plan's schedule also names the band of a tariff without band prices.
+        price = price_units(tariff.terms, validate_units(units), at, plan.schedule, timed)
         return RatedUsage(tariff, plan, price)
 
     def quote(

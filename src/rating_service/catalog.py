@@ -61,7 +61,8 @@ class TariffCatalog:
                     await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
                     await self.refresh_if_changed()  # catch up on what came while away
                     async for _ in conn.notifies():
-                        await self.refresh()
+                        # The writing instance has reloaded already; others reload now.
+                        await self.refresh_if_changed()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, literal, select, text, union_all, update
+from sqlalchemy import bindparam, func, literal, select, text, union_all, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -93,6 +94,128 @@ def _same_terms(stored: Tariff, given: Tariff) -> bool:
     )
 
 
+def _key(tariff: Tariff) -> tuple[str, str, str]:
+    return (tariff.plan_id, tariff.service_type.value, tariff.prefix)
+
+
+def _start(tariff: Tariff) -> datetime:
+    return tariff.effective_from or datetime.min.replace(tzinfo=UTC)
+
+
+class _WritePlan:
+    """The rows an import inserts and changes, decided in memory against the versions
+    already stored (and those added earlier in the same import)."""
+
+    def __init__(self, now: datetime) -> None:
+        self.now = now
+        self.inserts: list[dict[str, Any]] = []
+        self.replaces: list[dict[str, Any]] = []
+        self.closes: dict[str, datetime] = {}
+
+    def add(self, versions: list[Tariff], tariff: Tariff, number: int) -> Tariff:
+        now = self.now
+        start = tariff.effective_from
+        # Something already rated usage under this key: a version in force or ended.
+        has_past = any(v.effective_from is None or v.effective_from <= now for v in versions)
+        if has_past and start is None:
+            start = now
+        if has_past and start is not None and start < now - PAST_ALLOWANCE:
+            raise InvalidArgument(
+                f"tariff {number}: effective_from {start.isoformat()} is in the past; a new "
+                "version applies from now on and never reprices usage already rated.",
+                reason="EFFECTIVE_FROM_IN_THE_PAST",
+            )
+        versions.sort(key=_start)
+        same = [v for v in versions if v.effective_from == start]
+        later = [
+            v.effective_from
+            for v in versions
+            if v.effective_from is not None and (start is None or v.effective_from > start)
+        ]
+        earlier = [
+            v
+            for v in versions
+            if start is not None and (v.effective_from is None or v.effective_from < start)
+        ]
+        current = same[0] if same else (earlier[-1] if earlier else None)
+        if current is not None and _same_terms(current, tariff):
+            return current  # importing what is already in force changes nothing
+        new = replace(
+            tariff,
+            tariff_id=same[0].tariff_id if same else uuid.uuid4().hex,
+            effective_from=start,
+            effective_to=min(later) if later else None,
+            updated_at=now,
+        )
+        if same:
+            # A version not yet in force may be replaced; one in force may not.
+            if start is None or start <= now:
+                raise InvalidArgument(
+                    f"tariff {number}: a version starting then is already in force; give a "
+                    "later effective_from.",
+                    reason="VERSION_IN_FORCE",
+                )
+            self.replaces.append(_row_values(new))
+            versions[versions.index(same[0])] = new
+            return new
+        if earlier and start is not None:
+            closed = replace(earlier[-1], effective_to=start)
+            self.closes[closed.tariff_id] = start
+            versions[versions.index(earlier[-1])] = closed
+        self.inserts.append(_row_values(new))
+        versions.append(new)
+        return new
+
+    async def execute(self, conn: AsyncConnection) -> None:
+        inserted = {row["tariff_id"] for row in self.inserts}
+        closes = [
+            {"b_id": tariff_id, "b_to": moment}
+            for tariff_id, moment in self.closes.items()
+            if tariff_id not in inserted
+        ]
+        if closes:
+            await conn.execute(
+                update(tariffs)
+                .where(tariffs.c.tariff_id == bindparam("b_id"))
+                .values(effective_to=bindparam("b_to"), updated_at=self.now),
+                closes,
+            )
+        for values in self.replaces:
+            await conn.execute(
+                update(tariffs).where(tariffs.c.tariff_id == values["tariff_id"]).values(**values)
+            )
+        if self.inserts:
+            # A version closed later in the same import is inserted already closed.
+            for row in self.inserts:
+                if row["tariff_id"] in self.closes:
+                    row["effective_to"] = self.closes[row["tariff_id"]]
+            await conn.execute(insert(tariffs), self.inserts)
+
+
+def _row_values(tariff: Tariff) -> dict[str, Any]:
+    terms = tariff.terms
+    return {
+        "tariff_id": tariff.tariff_id,
+        "service_type": tariff.service_type.value,
+        "prefix": tariff.prefix,
+        "unit": tariff.unit.value,
+        "price_per_unit_micros": terms.price_per_unit_micros,
+        "increment_units": terms.increment_units,
+        "minimum_units": terms.minimum_units,
+        "setup_fee_micros": terms.setup_fee_micros,
+        "first_increment_units": terms.first_increment_units,
+        "unit_size": terms.unit_size,
+        "band_prices": [list(pair) for pair in terms.band_prices],
+        "tiers": [[tier.up_to_units, tier.price_per_unit_micros] for tier in terms.tiers],
+        "currency": tariff.currency,
+        "description": tariff.description,
+        "plan_id": tariff.plan_id,
+        "effective_from": tariff.effective_from,
+        "effective_to": tariff.effective_to,
+        "updated_at": tariff.updated_at,
+    }
+
+
 class TariffStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -126,8 +249,8 @@ class TariffStore:
         self, items: Sequence[Tariff], plans: Sequence[RatePlan] = ()
     ) -> list[Tariff]:
         """Write the plans, then add a version of each tariff, in one transaction: all or
-        none."""
-        written: list[Tariff] = []
+        none. The versions of the plans written to are read (and locked) once, decided on
+        in memory and written in bulk, so a sheet of 100,000 tariffs takes seconds."""
         async with self._engine.begin() as conn:
             for plan in plans:
                 await self._write_plan(conn, plan)
@@ -140,109 +263,23 @@ class TariffStore:
                         "it first.",
                         reason="RATE_PLAN_NOT_FOUND",
                     )
-                written.append(await self._add_version(conn, tariff, now, number))
-            await self._notify(conn)
-        return written
-
-    async def _add_version(
-        self, conn: AsyncConnection, tariff: Tariff, now: datetime, number: int
-    ) -> Tariff:
-        key = (
-            (tariffs.c.plan_id == tariff.plan_id)
-            & (tariffs.c.service_type == tariff.service_type.value)
-            & (tariffs.c.prefix == tariff.prefix)
-        )
-        versions = (
-            await conn.execute(
-                select(tariffs.c.tariff_id, tariffs.c.effective_from)
-                .where(key)
-                .order_by(tariffs.c.effective_from.asc().nulls_first())
+            rows = await conn.execute(
+                select(tariffs)
+                .where(tariffs.c.plan_id.in_({tariff.plan_id for tariff in items}))
                 .with_for_update()
             )
-        ).all()
-        start = tariff.effective_from
-        # Something already rated usage under this key: a version in force or ended.
-        has_past = any(row.effective_from is None or row.effective_from <= now for row in versions)
-        if has_past and start is None:
-            start = now
-        if has_past and start is not None and start < now - PAST_ALLOWANCE:
-            raise InvalidArgument(
-                f"tariff {number}: effective_from {start.isoformat()} is in the past; a new "
-                "version applies from now on and never reprices usage already rated.",
-                reason="EFFECTIVE_FROM_IN_THE_PAST",
-            )
-        same = [row for row in versions if row.effective_from == start]
-        later = [
-            row.effective_from
-            for row in versions
-            if row.effective_from is not None and (start is None or row.effective_from > start)
-        ]
-        earlier = [
-            row
-            for row in versions
-            if start is not None and (row.effective_from is None or row.effective_from < start)
-        ]
-        values = {
-            "service_type": tariff.service_type.value,
-            "prefix": tariff.prefix,
-            "unit": tariff.unit.value,
-            "price_per_unit_micros": tariff.terms.price_per_unit_micros,
-            "increment_units": tariff.terms.increment_units,
-            "minimum_units": tariff.terms.minimum_units,
-            "setup_fee_micros": tariff.terms.setup_fee_micros,
-            "first_increment_units": tariff.terms.first_increment_units,
-            "unit_size": tariff.terms.unit_size,
-            "band_prices": [list(pair) for pair in tariff.terms.band_prices],
-            "tiers": [
-                [tier.up_to_units, tier.price_per_unit_micros] for tier in tariff.terms.tiers
-            ],
-            "currency": tariff.currency,
-            "description": tariff.description,
-            "plan_id": tariff.plan_id,
-            "effective_from": start,
-            "effective_to": min(later) if later else None,
-            "updated_at": func.clock_timestamp(),
-        }
-        current = same[0] if same else (earlier[-1] if earlier else None)
-        if current is not None:
-            existing = _tariff(
-                (
-                    await conn.execute(
-                        select(tariffs).where(tariffs.c.tariff_id == current.tariff_id)
-                    )
-                ).one()
-            )
-            if _same_terms(existing, tariff):
-                return existing  # importing what is already in force changes nothing
-        if same:
-            # A version not yet in force may be replaced; one in force may not.
-            if start is None or start <= now:
-                raise InvalidArgument(
-                    f"tariff {number}: a version starting then is already in force; give a "
-                    "later effective_from.",
-                    reason="VERSION_IN_FORCE",
-                )
-            row = (
-                await conn.execute(
-                    update(tariffs)
-                    .where(tariffs.c.tariff_id == same[0].tariff_id)
-                    .values(**values)
-                    .returning(tariffs)
-                )
-            ).one()
-            return _tariff(row)
-        if earlier:
-            await conn.execute(
-                update(tariffs)
-                .where(tariffs.c.tariff_id == earlier[-1].tariff_id)
-                .values(effective_to=start, updated_at=func.clock_timestamp())
-            )
-        row = (
-            await conn.execute(
-                insert(tariffs).values(tariff_id=uuid.uuid4().hex, **values).returning(tariffs)
-            )
-        ).one()
-        return _tariff(row)
+            versions: dict[tuple[str, str, str], list[Tariff]] = {}
+            for row in rows:
+                stored = _tariff(row)
+                versions.setdefault(_key(stored), []).append(stored)
+            changes = _WritePlan(now)
+            written = [
+                changes.add(versions.setdefault(_key(tariff), []), tariff, number)
+                for number, tariff in enumerate(items, start=1)
+            ]
+            await changes.execute(conn)
+            await self._notify(conn)
+        return written
 
     async def list_page(
         self,

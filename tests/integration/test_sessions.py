@@ -4,6 +4,7 @@ and a short liveness timeout."""
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -281,3 +282,57 @@ async def test_a_refused_first_hold_leaves_no_session(
             "SELECT count(*) FROM sessions WHERE account_id = %s", (account_id,)
         ).fetchone()
     assert row == (0,)
+
+
+async def test_a_session_is_priced_under_its_accounts_plan_and_bands(
+    small_slices: InProcessStack, quota_api: Stubs
+) -> None:
+    """The service manager rates with the account's plan: here a plan whose one band
+    (all week, all day) doubles the price of the default plan's +33 tariff."""
+    from meterline.rating.v1 import rating_pb2, types_pb2
+
+    plan_id = f"banded-{uuid.uuid4().hex[:8]}"
+    await quota_api.rating.ImportTariffs(
+        rating_pb2.ImportTariffsRequest(
+            rate_plans=[
+                rating_pb2.RatePlan(
+                    rate_plan_id=plan_id,
+                    display_name="Banded",
+                    time_zone="Europe/Paris",
+                    default_band="OFF_PEAK",
+                    time_bands=[
+                        rating_pb2.TimeBand(
+                            band="PEAK", days="ALL", start_time="00:00", end_time="24:00"
+                        )
+                    ],
+                )
+            ],
+            tariffs=[
+                rating_pb2.Tariff(
+                    rate_plan_id=plan_id,
+                    service_type=types_pb2.VOICE,
+                    prefix="+33",
+                    unit=types_pb2.SECOND,
+                    price_per_unit_micros=10_000,
+                    band_prices=[rating_pb2.BandPrice(band="PEAK", price_per_unit_micros=20_000)],
+                    increment_units=1,
+                    currency="EUR",
+                )
+            ],
+        ),
+        metadata=OPERATOR,
+    )
+    client = await _client(small_slices, quota_api, 1_000_000)
+    try:
+        await quota_api.rating.AssignRatePlan(
+            rating_pb2.AssignRatePlanRequest(account_id=client.account_id, rate_plan_id=plan_id),
+            metadata=OPERATOR,
+        )
+        session = await client.start_service(ServiceType.VOICE, "+33123")
+        assert session.rate.price_per_unit_micros == 10_000
+        assert (await session.report(5)).charged_micros == 100_000
+        record = await session.stop(7)
+        assert record.charged_micros == 140_000
+    finally:
+        await client.close()
+    assert (await _account(quota_api, client.account_id)).balance_micros == 860_000

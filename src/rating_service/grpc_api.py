@@ -9,17 +9,19 @@ from typing import Any
 
 import grpc
 
-from meterline.kernel.bands import BandRule, format_clock, format_days, parse_clock, parse_days
 from meterline.kernel.errors import InvalidArgument, MeterlineError
 from meterline.kernel.grpc_errors import status_code_for, unary
 from meterline.kernel.grpc_server import Authenticator
 from meterline.kernel.media import ServiceType
 from meterline.kernel.money import AmountError
-from meterline.kernel.pricing import RateTerms, VolumeTier
 from meterline.kernel.principals import PrincipalKind
 from meterline.kernel.wire import (
     service_type_from_wire,
     service_type_to_wire,
+    terms_from_wire,
+    terms_to_wire,
+    time_bands_from_wire,
+    time_bands_to_wire,
     timestamp,
     unit_from_wire,
     unit_to_wire,
@@ -37,39 +39,6 @@ Context = grpc.aio.ServicerContext[Any, Any]
 _SERVICE_TYPES = {types_pb2.ServiceType.Value(kind.value): kind for kind in ServiceType}
 
 
-def time_bands_to_wire(plan: RatePlan) -> list[rating_pb2.TimeBand]:
-    return [
-        rating_pb2.TimeBand(
-            band=rule.band,
-            days=format_days(rule.days),
-            start_time=format_clock(rule.start_minute),
-            end_time=format_clock(rule.end_minute),
-        )
-        for rule in plan.schedule.rules
-    ]
-
-
-def _terms_fields(terms: RateTerms) -> dict[str, Any]:
-    return {
-        "price_per_unit_micros": terms.price_per_unit_micros,
-        "increment_units": terms.increment_units,
-        "minimum_units": terms.minimum_units,
-        "setup_fee_micros": terms.setup_fee_micros,
-        "first_increment_units": terms.first_increment_units,
-        "unit_size": terms.unit_size,
-        "band_prices": [
-            rating_pb2.BandPrice(band=band, price_per_unit_micros=price)
-            for band, price in terms.band_prices
-        ],
-        "tiers": [
-            rating_pb2.VolumeTier(
-                up_to_units=tier.up_to_units, price_per_unit_micros=tier.price_per_unit_micros
-            )
-            for tier in terms.tiers
-        ],
-    }
-
-
 def rate_to_wire(tariff: Tariff, plan: RatePlan) -> rating_pb2.Rate:
     rate = rating_pb2.Rate(
         tariff_id=tariff.tariff_id,
@@ -80,8 +49,8 @@ def rate_to_wire(tariff: Tariff, plan: RatePlan) -> rating_pb2.Rate:
         rate_plan_id=plan.plan_id,
         time_zone=plan.schedule.time_zone,
         default_band=plan.schedule.default_band,
-        time_bands=time_bands_to_wire(plan),
-        **_terms_fields(tariff.terms),
+        time_bands=time_bands_to_wire(plan.schedule.rules),
+        **terms_to_wire(tariff.terms),
     )
     if tariff.effective_from is not None:
         rate.effective_from.CopyFrom(timestamp(tariff.effective_from))
@@ -97,7 +66,7 @@ def tariff_to_wire(tariff: Tariff) -> rating_pb2.Tariff:
         currency=tariff.currency,
         description=tariff.description,
         rate_plan_id=tariff.plan_id,
-        **_terms_fields(tariff.terms),
+        **terms_to_wire(tariff.terms),
     )
     for field, moment in (
         ("update_time", tariff.updated_at),
@@ -115,21 +84,7 @@ def tariff_from_wire(wire: rating_pb2.Tariff) -> Tariff:
         service_type=service_type_from_wire(wire.service_type),
         prefix=wire.prefix,
         unit=unit_from_wire(wire.unit),
-        terms=RateTerms(
-            price_per_unit_micros=wire.price_per_unit_micros,
-            increment_units=wire.increment_units,
-            minimum_units=wire.minimum_units,
-            setup_fee_micros=wire.setup_fee_micros,
-            first_increment_units=wire.first_increment_units,
-            unit_size=wire.unit_size or 1,
-            band_prices=tuple(
-                (price.band.strip().upper(), price.price_per_unit_micros)
-                for price in wire.band_prices
-            ),
-            tiers=tuple(
-                VolumeTier(tier.up_to_units, tier.price_per_unit_micros) for tier in wire.tiers
-            ),
-        ),
+        terms=terms_from_wire(wire),
         currency=wire.currency,
         description=wire.description,
         plan_id=wire.rate_plan_id or DEFAULT_PLAN_ID,
@@ -145,21 +100,13 @@ def plan_to_wire(plan: RatePlan) -> rating_pb2.RatePlan:
         display_name=plan.display_name,
         time_zone=plan.schedule.time_zone,
         default_band=plan.schedule.default_band,
-        time_bands=time_bands_to_wire(plan),
+        time_bands=time_bands_to_wire(plan.schedule.rules),
         is_default=plan.is_default,
     )
 
 
 def plan_from_wire(wire: rating_pb2.RatePlan) -> RatePlan:
-    rules = [
-        BandRule(
-            band=band.band.strip().upper(),
-            days=parse_days(band.days),
-            start_minute=parse_clock(band.start_time),
-            end_minute=parse_clock(band.end_time),
-        )
-        for band in wire.time_bands
-    ]
+    rules = time_bands_from_wire(wire.time_bands)
     return new_plan(
         wire.rate_plan_id,
         wire.display_name,

@@ -5,18 +5,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from meterline.kernel.bands import (
-    FLAT,
-    BandRule,
-    BandSchedule,
-    format_clock,
-    format_days,
-    parse_clock,
-    parse_days,
-)
+from meterline.kernel.bands import FLAT, BandSchedule, rule_from_json, rule_to_json
 from meterline.kernel.media import ServiceType, Unit
-from meterline.kernel.pricing import RateTerms, VolumeTier
-from meterline.kernel.wire import service_type_to_wire
+from meterline.kernel.pricing import terms_from_json, terms_to_json
+from meterline.kernel.wire import (
+    service_type_to_wire,
+    terms_from_wire,
+    terms_to_wire,
+    time_bands_to_wire,
+)
 from meterline.rating.v1 import rating_pb2, types_pb2
 from service_manager.domain.sessions import SessionRate
 
@@ -27,28 +24,8 @@ def _schedule(time_zone: str, default_band: str, bands: list[dict[str, str]]) ->
     return BandSchedule(
         time_zone=time_zone or "UTC",
         default_band=default_band or "STANDARD",
-        rules=tuple(
-            BandRule(
-                band=band["band"],
-                days=parse_days(band["days"]),
-                start_minute=parse_clock(band["from"]),
-                end_minute=parse_clock(band["to"]),
-            )
-            for band in bands
-        ),
+        rules=tuple(rule_from_json(band) for band in bands),
     )
-
-
-def _bands(schedule: BandSchedule) -> list[dict[str, str]]:
-    return [
-        {
-            "band": rule.band,
-            "days": format_days(rule.days),
-            "from": format_clock(rule.start_minute),
-            "to": format_clock(rule.end_minute),
-        }
-        for rule in schedule.rules
-    ]
 
 
 def session_rate_from_wire(rate: rating_pb2.Rate) -> SessionRate:
@@ -61,16 +38,7 @@ def session_rate_from_wire(rate: rating_pb2.Rate) -> SessionRate:
         prefix=rate.prefix,
         unit=Unit(types_pb2.Unit.Name(rate.unit)),
         currency=rate.currency,
-        terms=RateTerms(
-            price_per_unit_micros=rate.price_per_unit_micros,
-            increment_units=rate.increment_units,
-            minimum_units=rate.minimum_units,
-            setup_fee_micros=rate.setup_fee_micros,
-            first_increment_units=rate.first_increment_units,
-            unit_size=rate.unit_size or 1,
-            band_prices=tuple((p.band, p.price_per_unit_micros) for p in rate.band_prices),
-            tiers=tuple(VolumeTier(t.up_to_units, t.price_per_unit_micros) for t in rate.tiers),
-        ),
+        terms=terms_from_wire(rate),
         schedule=_schedule(rate.time_zone, rate.default_band, bands),
         plan_id=rate.rate_plan_id,
     )
@@ -83,54 +51,26 @@ def session_rate_to_wire(rate: SessionRate, service_type: ServiceType) -> rating
         service_type=service_type_to_wire(service_type),
         prefix=rate.prefix,
         unit=types_pb2.Unit.Value(rate.unit.value),
-        price_per_unit_micros=terms.price_per_unit_micros,
-        increment_units=terms.increment_units,
-        minimum_units=terms.minimum_units,
-        setup_fee_micros=terms.setup_fee_micros,
+        **terms_to_wire(terms),
         currency=rate.currency,
-        first_increment_units=terms.first_increment_units,
-        unit_size=terms.unit_size,
         rate_plan_id=rate.plan_id,
-        band_prices=[
-            rating_pb2.BandPrice(band=band, price_per_unit_micros=price)
-            for band, price in terms.band_prices
-        ],
-        tiers=[
-            rating_pb2.VolumeTier(
-                up_to_units=t.up_to_units, price_per_unit_micros=t.price_per_unit_micros
-            )
-            for t in terms.tiers
-        ],
         time_zone=rate.schedule.time_zone,
         default_band=rate.schedule.default_band,
-        time_bands=[
-            rating_pb2.TimeBand(
-                band=b["band"], days=b["days"], start_time=b["from"], end_time=b["to"]
-            )
-            for b in _bands(rate.schedule)
-        ],
+        time_bands=time_bands_to_wire(rate.schedule.rules),
     )
 
 
 def session_rate_to_json(rate: SessionRate) -> dict[str, Any]:
-    terms = rate.terms
     return {
         "tariff_id": rate.tariff_id,
         "prefix": rate.prefix,
         "unit": rate.unit.value,
         "currency": rate.currency,
-        "price_per_unit_micros": terms.price_per_unit_micros,
-        "increment_units": terms.increment_units,
-        "minimum_units": terms.minimum_units,
-        "setup_fee_micros": terms.setup_fee_micros,
-        "first_increment_units": terms.first_increment_units,
-        "unit_size": terms.unit_size,
-        "band_prices": [list(pair) for pair in terms.band_prices],
-        "tiers": [[tier.up_to_units, tier.price_per_unit_micros] for tier in terms.tiers],
+        **terms_to_json(rate.terms),
         "plan_id": rate.plan_id,
         "time_zone": rate.schedule.time_zone,
         "default_band": rate.schedule.default_band,
-        "time_bands": _bands(rate.schedule),
+        "time_bands": [rule_to_json(rule) for rule in rate.schedule.rules],
     }
 
 
@@ -141,16 +81,7 @@ def session_rate_from_json(data: dict[str, Any]) -> SessionRate:
         prefix=data["prefix"],
         unit=Unit(data["unit"]),
         currency=data["currency"],
-        terms=RateTerms(
-            price_per_unit_micros=data["price_per_unit_micros"],
-            increment_units=data["increment_units"],
-            minimum_units=data["minimum_units"],
-            setup_fee_micros=data["setup_fee_micros"],
-            first_increment_units=data.get("first_increment_units", 0),
-            unit_size=data.get("unit_size", 1),
-            band_prices=tuple((band, price) for band, price in data.get("band_prices", [])),
-            tiers=tuple(VolumeTier(limit, price) for limit, price in data.get("tiers", [])),
-        ),
+        terms=terms_from_json(data),
         schedule=_schedule(
             data.get("time_zone", "UTC"), data.get("default_band", ""), data.get("time_bands", [])
         ),

@@ -198,3 +198,22 @@ class BandSchedule:
 
 
 FLAT = BandSchedule()
+
+
+def rule_to_json(rule: BandRule) -> dict[str, str]:
+    """The stored and exported form of a band: {band, days, from, to}."""
+    return {
+        "band": rule.band,
+        "days": format_days(rule.days),
+        "from": format_clock(rule.start_minute),
+        "to": format_clock(rule.end_minute),
+    }
+
+
+def rule_from_json(item: dict[str, str]) -> BandRule:
+    return BandRule(
+        band=validate_band_name(str(item["band"])),
+        days=parse_days(str(item["days"])),
+        start_minute=parse_clock(str(item["from"])),
+        end_minute=parse_clock(str(item["to"])),
+    )

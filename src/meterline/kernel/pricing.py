@@ -11,7 +11,9 @@ once. Nothing is rounded inside a sum.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from meterline.kernel import money
 from meterline.kernel.bands import FLAT, BandSchedule
@@ -202,3 +204,31 @@ def affordable_units(
         else:
             high = middle - 1
     return from_units + low * step
+
+
+def terms_to_json(terms: RateTerms) -> dict[str, Any]:
+    """The stored form of rate terms (in PostgreSQL rows and session snapshots)."""
+    return {
+        "price_per_unit_micros": terms.price_per_unit_micros,
+        "increment_units": terms.increment_units,
+        "minimum_units": terms.minimum_units,
+        "setup_fee_micros": terms.setup_fee_micros,
+        "first_increment_units": terms.first_increment_units,
+        "unit_size": terms.unit_size,
+        "band_prices": [list(pair) for pair in terms.band_prices],
+        "tiers": [[tier.up_to_units, tier.price_per_unit_micros] for tier in terms.tiers],
+    }
+
+
+def terms_from_json(data: Mapping[str, Any]) -> RateTerms:
+    """Reads what terms_to_json wrote; keys added later default (older snapshots)."""
+    return RateTerms(
+        price_per_unit_micros=data["price_per_unit_micros"],
+        increment_units=data["increment_units"],
+        minimum_units=data["minimum_units"],
+        setup_fee_micros=data["setup_fee_micros"],
+        first_increment_units=data.get("first_increment_units", 0),
+        unit_size=data.get("unit_size", 1),
+        band_prices=tuple((band, price) for band, price in data.get("band_prices", [])),
+        tiers=tuple(VolumeTier(limit, price) for limit, price in data.get("tiers", [])),
+    )

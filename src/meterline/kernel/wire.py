@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from google.protobuf import duration_pb2, timestamp_pb2
 
+from meterline.kernel.bands import BandRule, format_clock, format_days, rule_from_json
 from meterline.kernel.errors import InvalidArgument
 from meterline.kernel.media import ServiceType, Unit
-from meterline.rating.v1 import types_pb2
+from meterline.kernel.pricing import RateTerms, VolumeTier
+from meterline.rating.v1 import rating_pb2, types_pb2
 
 
 def service_type_from_wire(value: int) -> ServiceType:
@@ -57,3 +61,63 @@ def duration(value: timedelta) -> duration_pb2.Duration:
     wire = duration_pb2.Duration()
     wire.FromTimedelta(value)
     return wire
+
+
+def terms_to_wire(terms: RateTerms) -> dict[str, Any]:
+    """The fields rating_pb2.Rate and rating_pb2.Tariff share, as keyword arguments."""
+    return {
+        "price_per_unit_micros": terms.price_per_unit_micros,
+        "increment_units": terms.increment_units,
+        "minimum_units": terms.minimum_units,
+        "setup_fee_micros": terms.setup_fee_micros,
+        "first_increment_units": terms.first_increment_units,
+        "unit_size": terms.unit_size,
+        "band_prices": [
+            rating_pb2.BandPrice(band=band, price_per_unit_micros=price)
+            for band, price in terms.band_prices
+        ],
+        "tiers": [
+            rating_pb2.VolumeTier(
+                up_to_units=tier.up_to_units, price_per_unit_micros=tier.price_per_unit_micros
+            )
+            for tier in terms.tiers
+        ],
+    }
+
+
+def terms_from_wire(wire: rating_pb2.Rate | rating_pb2.Tariff) -> RateTerms:
+    return RateTerms(
+        price_per_unit_micros=wire.price_per_unit_micros,
+        increment_units=wire.increment_units,
+        minimum_units=wire.minimum_units,
+        setup_fee_micros=wire.setup_fee_micros,
+        first_increment_units=wire.first_increment_units,
+        unit_size=wire.unit_size or 1,
+        band_prices=tuple(
+            (price.band.strip().upper(), price.price_per_unit_micros) for price in wire.band_prices
+        ),
+        tiers=tuple(
+            VolumeTier(tier.up_to_units, tier.price_per_unit_micros) for tier in wire.tiers
+        ),
+    )
+
+
+def time_bands_to_wire(rules: Iterable[BandRule]) -> list[rating_pb2.TimeBand]:
+    return [
+        rating_pb2.TimeBand(
+            band=rule.band,
+            days=format_days(rule.days),
+            start_time=format_clock(rule.start_minute),
+            end_time=format_clock(rule.end_minute),
+        )
+        for rule in rules
+    ]
+
+
+def time_bands_from_wire(bands: Iterable[rating_pb2.TimeBand]) -> list[BandRule]:
+    return [
+        rule_from_json(
+            {"band": band.band, "days": band.days, "from": band.start_time, "to": band.end_time}
+        )
+        for band in bands
+    ]

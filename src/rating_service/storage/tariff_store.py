@@ -13,10 +13,10 @@ from sqlalchemy import bindparam, func, literal, select, text, union_all, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from meterline.kernel.bands import BandRule, format_clock, format_days, parse_clock, parse_days
+from meterline.kernel.bands import rule_from_json, rule_to_json
 from meterline.kernel.errors import InvalidArgument, NotFound
 from meterline.kernel.media import ServiceType, Unit
-from meterline.kernel.pricing import RateTerms, VolumeTier
+from meterline.kernel.pricing import terms_from_json, terms_to_json
 from rating_service.domain.plans import RatePlan, new_plan
 from rating_service.domain.tariffs import Tariff
 from rating_service.storage.models import CHANGES_CHANNEL, account_plans, rate_plans, tariffs
@@ -32,16 +32,7 @@ def _tariff(row: Any) -> Tariff:
         service_type=ServiceType(row.service_type),
         prefix=row.prefix,
         unit=Unit(row.unit),
-        terms=RateTerms(
-            price_per_unit_micros=row.price_per_unit_micros,
-            increment_units=row.increment_units,
-            minimum_units=row.minimum_units,
-            setup_fee_micros=row.setup_fee_micros,
-            first_increment_units=row.first_increment_units,
-            unit_size=row.unit_size,
-            band_prices=tuple((band, price) for band, price in row.band_prices),
-            tiers=tuple(VolumeTier(limit, price) for limit, price in row.tiers),
-        ),
+        terms=terms_from_json(row._mapping),
         currency=row.currency,
         description=row.description,
         updated_at=row.updated_at,
@@ -52,15 +43,7 @@ def _tariff(row: Any) -> Tariff:
 
 
 def _plan(row: Any) -> RatePlan:
-    rules = [
-        BandRule(
-            band=band["band"],
-            days=parse_days(band["days"]),
-            start_minute=parse_clock(band["from"]),
-            end_minute=parse_clock(band["to"]),
-        )
-        for band in row.time_bands
-    ]
+    rules = [rule_from_json(band) for band in row.time_bands]
     return new_plan(
         row.plan_id, row.display_name, row.time_zone, row.default_band, rules, row.is_default
     )
@@ -72,15 +55,7 @@ def _plan_values(plan: RatePlan) -> dict[str, Any]:
         "display_name": plan.display_name,
         "time_zone": plan.schedule.time_zone,
         "default_band": plan.schedule.default_band,
-        "time_bands": [
-            {
-                "band": rule.band,
-                "days": format_days(rule.days),
-                "from": format_clock(rule.start_minute),
-                "to": format_clock(rule.end_minute),
-            }
-            for rule in plan.schedule.rules
-        ],
+        "time_bands": [rule_to_json(rule) for rule in plan.schedule.rules],
         "is_default": plan.is_default,
     }
 
@@ -193,20 +168,12 @@ class _WritePlan:
 
 
 def _row_values(tariff: Tariff) -> dict[str, Any]:
-    terms = tariff.terms
     return {
         "tariff_id": tariff.tariff_id,
         "service_type": tariff.service_type.value,
         "prefix": tariff.prefix,
         "unit": tariff.unit.value,
-        "price_per_unit_micros": terms.price_per_unit_micros,
-        "increment_units": terms.increment_units,
-        "minimum_units": terms.minimum_units,
-        "setup_fee_micros": terms.setup_fee_micros,
-        "first_increment_units": terms.first_increment_units,
-        "unit_size": terms.unit_size,
-        "band_prices": [list(pair) for pair in terms.band_prices],
-        "tiers": [[tier.up_to_units, tier.price_per_unit_micros] for tier in terms.tiers],
+        **terms_to_json(tariff.terms),
         "currency": tariff.currency,
         "description": tariff.description,
         "plan_id": tariff.plan_id,

@@ -25,6 +25,7 @@ from billing_manager.domain.ledger import (
 )
 from billing_manager.storage.invoice_store import InvoiceStore
 from billing_manager.storage.ledger_store import LedgerStore, RecordedTransaction, new_id
+from meterline.kernel.db import single_statement_engine
 from meterline.kernel.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ def _key_reused(key: str) -> AlreadyExists:
 class Ledger:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        # A read is one statement: no BEGIN and ROLLBACK around it.
+        self._reads = single_statement_engine(engine)
         self._store = LedgerStore()
         self._invoices = InvoiceStore()
 
@@ -83,11 +86,11 @@ class Ledger:
             return AccountView(account, await self._store.balances(conn, account.account_id))
 
     async def get_account(self, account_id: str) -> AccountView:
-        async with self._engine.connect() as conn:
-            account = await self._store.account(conn, account_id)
-            if account is None:
-                raise NotFound(f"There is no account {account_id!r}.", reason="ACCOUNT_NOT_FOUND")
-            return AccountView(account, await self._store.balances(conn, account_id))
+        async with self._reads.connect() as conn:
+            found = await self._store.account_view(conn, account_id)
+        if found is None:
+            raise NotFound(f"There is no account {account_id!r}.", reason="ACCOUNT_NOT_FOUND")
+        return AccountView(*found)
 
     async def fund(self, account_id: str, amount: int, key: str) -> tuple[Transaction, AccountView]:
         rules.validate_amount(amount)

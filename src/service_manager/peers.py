@@ -4,6 +4,7 @@ with the peer's code and sentence."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -24,6 +25,9 @@ from service_manager.domain.sessions import SessionRate
 from service_manager.rates import session_rate_from_wire
 
 T = TypeVar("T")
+
+DISPLAY_MAX_AGE = 1.0
+"""Seconds a balance read for display may be reused across usage updates."""
 
 _ERRORS: dict[grpc.StatusCode, type[errors.MeterlineError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
@@ -76,6 +80,7 @@ class Peers:
         self._billing = billing_pb2_grpc.BillingManagerStub(self._billing_channel)
         self._rating = rating_pb2_grpc.RatingServiceStub(self._rating_channel)
         self._token = token
+        self._accounts: dict[str, tuple[float, billing_pb2.Account]] = {}
 
     async def close(self) -> None:
         await self._billing_channel.close(None)
@@ -89,10 +94,22 @@ class Peers:
 
     async def account(self, account_id: str) -> billing_pb2.Account:
         request = billing_pb2.GetAccountRequest(account_id=account_id)
-        return await self._call(
+        account = await self._call(
             "billing manager",
             lambda: self._billing.GetAccount(request, metadata=self._token.metadata(), timeout=5),
         )
+        self._accounts[account_id] = (time.monotonic() + DISPLAY_MAX_AGE, account)
+        if len(self._accounts) > 100_000:
+            self._accounts.clear()
+        return account
+
+    async def account_for_display(self, account_id: str) -> billing_pb2.Account:
+        """The account as read at most DISPLAY_MAX_AGE seconds ago: for the balance shown
+        with each usage update, not for deciding what to reserve."""
+        cached = self._accounts.get(account_id)
+        if cached is not None and cached[0] > time.monotonic():
+            return cached[1]
+        return await self.account(account_id)
 
     async def reserve(self, account_id: str, amount: int, key: str, reference: str) -> str:
         request = billing_pb2.ReserveRequest(

@@ -57,7 +57,9 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
         [lambda server: service_pb2_grpc.add_ServiceManagerServicer_to_server(servicer, server)],
         [SERVICE_NAME],
     )
-    handle = ServiceHandle(server, closers=[engine.dispose, redis.aclose, peers.close])
+    handle = ServiceHandle(
+        server, closers=[sessions.close, engine.dispose, redis.aclose, peers.close]
+    )
     sweep_every = max(settings.quota.validity_seconds / 4, 0.5)
     handle.tasks.append(asyncio.create_task(expire_idle_sessions(sessions, sweep_every)))
     return handle

@@ -14,6 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meterline.billing.v1 import billing_pb2
 from meterline.kernel.config import QuotaPolicy
+from meterline.kernel.db import single_statement_engine
 from meterline.kernel.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -68,6 +69,17 @@ class Metered:
     seconds_left: int | None
 
 
+def _scope(principal: Principal) -> tuple[str, str]:
+    """(account_id, gateway_id) a usage update of this caller must match; empty = any."""
+    if principal.is_trusted:
+        return "", ""
+    if principal.kind is PrincipalKind.DEVICE:
+        return principal.account_id or "-", ""
+    if principal.kind is PrincipalKind.GATEWAY:
+        return "", principal.gateway_id or "-"
+    return "-", "-"
+
+
 def _first_hold_key(session: Session) -> str:
     return f"{session.session_id}:hold:1"
 
@@ -96,6 +108,12 @@ class SessionService:
         self._signer = signer
         self._store = SessionStore()
         self.validity = timedelta(seconds=quota.validity_seconds)
+        # Usage is cumulative, so an update lost in a crash is repaired by the next one:
+        # the one-statement usage update need not wait for the WAL flush.
+        self._usage = single_statement_engine(engine, synchronous_commit=False)
+
+    async def close(self) -> None:
+        await self._usage.dispose()
 
     def slice_units(self, unit: Unit) -> int:
         return {
@@ -307,7 +325,44 @@ class SessionService:
     async def meter(
         self, principal: Principal, session_id: str, sequence: int, used_units: int
     ) -> Metered:
-        """Apply one Resource Utilization Update."""
+        """Apply one Resource Utilization Update: in one statement when it is the usual
+        next update of a session with quota to spare, else under the row lock."""
+        if sequence >= 1 and 0 <= used_units <= rules.MAX_UNITS:
+            scope = _scope(principal)
+            async with self._usage.connect() as conn:
+                session = await self._store.apply_usage(
+                    conn, session_id, sequence, used_units, datetime.now(UTC), *scope
+                )
+            if session is not None:
+                slice_units = self.slice_units(session.rate.unit)
+                if rules.needs_next_slice(session, used_units, slice_units):
+                    session = await self._grant_more(session_id)
+                return await self._metered(session)
+        return await self._meter_locked(principal, session_id, sequence, used_units)
+
+    async def _grant_more(self, session_id: str) -> Session:
+        """Reserve the next slice for a session whose usage nears its grant; end it when
+        the balance cannot fund one and the grant is used up."""
+        trusted = Principal(kind=PrincipalKind.SERVICE, subject="quota")
+        exhausted = False
+        async with self._engine.begin() as conn:
+            session = await self._locked(conn, trusted, session_id)
+            if session.status is SessionStatus.ACTIVE:
+                session = await self._extend_grant(conn, session, session.used_units)
+                exhausted = session.used_units >= session.granted_units
+        if exhausted:
+            await self.settle(session_id, None, TerminationReason.BALANCE_EXHAUSTED)
+            async with self._engine.connect() as conn:
+                settled = await self._store.get(conn, session_id)
+            assert settled is not None
+            session = settled
+        return session
+
+    async def _meter_locked(
+        self, principal: Principal, session_id: str, sequence: int, used_units: int
+    ) -> Metered:
+        """The careful path: classify the update (repeat, out of order, backwards, foreign,
+        ended) under the session's row lock."""
         exhausted = False
         async with self._engine.begin() as conn:
             # Usage is cumulative, so an update lost in a crash is repaired by the next
@@ -335,7 +390,7 @@ class SessionService:
 
     async def _metered(self, session: Session) -> Metered:
         session_id = session.session_id
-        account = await self._peers.account(session.account_id)
+        account = await self._peers.account_for_display(session.account_id)
         termination = None
         if session.status is not SessionStatus.ACTIVE:
             reason = session.termination_reason or TerminationReason.CLIENT_STOP

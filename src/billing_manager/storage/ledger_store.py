@@ -109,6 +109,37 @@ class LedgerStore:
         row = (await conn.execute(query)).one_or_none()
         return _account(row) if row else None
 
+    async def account_view(
+        self, conn: AsyncConnection, account_id: str
+    ) -> tuple[Account, Balances] | None:
+        """An account and its balances from its ledger, in one query."""
+        entries = ledger_entries.c
+        available = func.coalesce(
+            func.sum(entries.amount_micros).filter(
+                entries.ledger_account == LedgerAccount.CUSTOMER_AVAILABLE.value
+            ),
+            0,
+        )
+        held = func.coalesce(
+            func.sum(entries.amount_micros).filter(
+                entries.ledger_account == LedgerAccount.CUSTOMER_HELD.value
+            ),
+            0,
+        )
+        row = (
+            await conn.execute(
+                select(accounts, available.label("available"), held.label("held"))
+                .select_from(
+                    accounts.outerjoin(ledger_entries, entries.account_id == accounts.c.account_id)
+                )
+                .where(accounts.c.account_id == account_id)
+                .group_by(accounts.c.account_id)
+            )
+        ).one_or_none()
+        if row is None:
+            return None
+        return _account(row), Balances(int(row.available), int(row.held))
+
     async def balances(self, conn: AsyncConnection, account_id: str) -> Balances:
         rows = await conn.execute(
             select(ledger_entries.c.ledger_account, func.sum(ledger_entries.c.amount_micros))

@@ -39,6 +39,22 @@ def create_engine_for(url: str, pool_size: int = 10) -> AsyncEngine:
     )
 
 
+def single_statement_engine(engine: AsyncEngine, synchronous_commit: bool = True) -> AsyncEngine:
+    """An engine for work that is one statement: autocommit, so a read or an update is one
+    round trip instead of BEGIN, the statement and COMMIT (or ROLLBACK). With
+    `synchronous_commit=False` a commit does not wait for the WAL flush; only for writes
+    that the next write repairs (cumulative usage counters)."""
+    if synchronous_commit:
+        return engine.execution_options(isolation_level="AUTOCOMMIT")
+    return create_async_engine(
+        engine.url,
+        pool_size=engine.pool.size(),  # type: ignore[attr-defined]
+        max_overflow=engine.pool.size(),  # type: ignore[attr-defined]
+        isolation_level="AUTOCOMMIT",
+        connect_args={"options": "-c synchronous_commit=off"},
+    )
+
+
 def upgrade_schema(url: str, migrations_dir: Path, version_table: str) -> None:
     """Bring a database to the newest schema. An advisory lock keeps a primary and a
     secondary starting together from migrating at once."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, insert, select, text, update
+from sqlalchemy import bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -40,6 +40,32 @@ def _session(row: Any) -> Session:
         ),
         pending_hold_micros=row.pending_hold_micros,
     )
+
+
+def _apply_usage_statement(by_account: bool, by_gateway: bool) -> Any:
+    statement = update(sessions).where(
+        sessions.c.session_id == bindparam("b_session"),
+        sessions.c.status == SessionStatus.ACTIVE.value,
+        sessions.c.last_sequence < bindparam("b_sequence"),
+        sessions.c.used_units <= bindparam("b_used"),
+    )
+    if by_account:
+        statement = statement.where(sessions.c.account_id == bindparam("b_account"))
+    if by_gateway:
+        statement = statement.where(sessions.c.gateway_id == bindparam("b_gateway"))
+    return statement.values(
+        last_sequence=bindparam("b_sequence"),
+        used_units=bindparam("b_used"),
+        last_update_at=bindparam("b_at"),
+    ).returning(sessions)
+
+
+# Built once: the per-update statement is the hot path of every usage stream.
+_APPLY_USAGE = {
+    (by_account, by_gateway): _apply_usage_statement(by_account, by_gateway)
+    for by_account in (False, True)
+    for by_gateway in (False, True)
+}
 
 
 class SessionStore:
@@ -132,6 +158,34 @@ class SessionStore:
             # serving the same session apply its updates one at a time.
             query = query.with_for_update()
         row = (await conn.execute(query)).one_or_none()
+        return _session(row) if row else None
+
+    async def apply_usage(
+        self,
+        conn: AsyncConnection,
+        session_id: str,
+        sequence: int,
+        used_units: int,
+        at: datetime,
+        account_id: str = "",
+        gateway_id: str = "",
+    ) -> Session | None:
+        """The usual usage update in one statement: applied only to an active session of
+        this account (or gateway) when it is newer and does not go backwards; None when
+        any of that does not hold (the caller then looks closer, under the row lock)."""
+        row = (
+            await conn.execute(
+                _APPLY_USAGE[(bool(account_id), bool(gateway_id))],
+                {
+                    "b_session": session_id,
+                    "b_sequence": sequence,
+                    "b_used": used_units,
+                    "b_at": at,
+                    "b_account": account_id,
+                    "b_gateway": gateway_id,
+                },
+            )
+        ).one_or_none()
         return _session(row) if row else None
 
     async def save_usage(

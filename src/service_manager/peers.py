@@ -115,10 +115,12 @@ class Peers:
         request = billing_pb2.ReserveRequest(
             account_id=account_id, amount_micros=amount, idempotency_key=key, reference=reference
         )
+        self._accounts.pop(account_id, None)  # its balance is about to change
         hold = await self._call(
             "billing manager",
             lambda: self._billing.Reserve(request, metadata=self._token.metadata(), timeout=5),
         )
+        self._accounts.pop(account_id, None)
         return hold.hold_id
 
     async def capture(self, hold_id: str, amount: int, key: str) -> None:

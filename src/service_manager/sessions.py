@@ -390,13 +390,14 @@ class SessionService:
 
     async def _metered(self, session: Session) -> Metered:
         session_id = session.session_id
-        account = await self._peers.account_for_display(session.account_id)
         termination = None
         if session.status is not SessionStatus.ACTIVE:
+            account = await self._peers.account(session.account_id)  # after settlement
             reason = session.termination_reason or TerminationReason.CLIENT_STOP
             termination = Termination(reason, rules.TERMINATION_MESSAGES[reason], False, True)
             available = account.available_micros
         else:
+            account = await self._peers.account_for_display(session.account_id)
             available = account.available_micros + session.held_micros - session.charged_micros
             slice_units = self.slice_units(session.rate.unit)
             if rules.needs_next_slice(session, session.used_units, slice_units):

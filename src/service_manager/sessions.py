@@ -548,7 +548,7 @@ class SessionService:
         and finish settlements a crash interrupted."""
         before = datetime.now(UTC) - self.validity
         async with self._engine.begin() as conn:
-            idle = await self._store.idle_sessions(conn, before, limit=50)
+            idle = await self._store.claim_idle(conn, before, limit=50)
         for session_id in idle:
             try:
                 await self.settle(session_id, None, TerminationReason.LIVENESS_TIMEOUT)

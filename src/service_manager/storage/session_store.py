@@ -320,8 +320,11 @@ class SessionStore:
         ).one_or_none()
         return dict(row._mapping) if row else None
 
-    async def idle_sessions(self, conn: AsyncConnection, before: datetime, limit: int) -> list[str]:
-        rows = await conn.execute(
+    async def claim_idle(self, conn: AsyncConnection, before: datetime, limit: int) -> list[str]:
+        """Claim sessions silent since `before` (and settlements a crash left unfinished)
+        for settlement: they move to SETTLING with reason LIVENESS_TIMEOUT and a fresh
+        last_update_at, in one statement, so another instance's sweep skips them."""
+        silent = (
             select(sessions.c.session_id)
             .where(
                 sessions.c.status.in_((SessionStatus.ACTIVE.value, SessionStatus.SETTLING.value)),
@@ -330,5 +333,18 @@ class SessionStore:
             .order_by(sessions.c.last_update_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
+            .scalar_subquery()
+        )
+        rows = await conn.execute(
+            update(sessions)
+            .where(sessions.c.session_id.in_(silent))
+            .values(
+                status=SessionStatus.SETTLING.value,
+                termination_reason=func.coalesce(
+                    sessions.c.termination_reason, TerminationReason.LIVENESS_TIMEOUT.value
+                ),
+                last_update_at=func.now(),
+            )
+            .returning(sessions.c.session_id)
         )
         return [row.session_id for row in rows]

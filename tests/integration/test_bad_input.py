@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import grpc
@@ -279,3 +280,24 @@ async def test_devices_cannot_administer(api: Stubs) -> None:
             await call
         assert raised.value.code() is grpc.StatusCode.PERMISSION_DENIED
     assert (await _balance(api, account_id)).balance_micros == 100
+
+
+async def test_two_streams_on_one_session_never_charge_twice(api: Stubs) -> None:
+    """A primary and a secondary may both carry a session's updates for a moment (a
+    failover overlap): interleaved and repeated updates end at the charge of the highest
+    usage, never more."""
+    account_id = await new_account(api.billing, 1_000_000)
+    session_id = await _start(api, account_id)
+    owner = device(account_id)
+    updates = [(sequence, sequence * 2) for sequence in range(1, 31)]
+    await asyncio.gather(
+        _meter(api, session_id, owner, *updates[::2], *updates[1::2]),
+        _meter(api, session_id, owner, *updates[1::2], *updates[::2]),
+        _meter(api, session_id, owner, *reversed(updates)),
+    )
+    record = await api.service.StopService(
+        service_pb2.StopServiceRequest(session_id=session_id, used_units=60), metadata=owner
+    )
+    assert (record.used_units, record.charged_micros) == (60, 600_000)
+    account = await _balance(api, account_id)
+    assert (account.balance_micros, account.held_micros) == (400_000, 0)

@@ -116,6 +116,8 @@ class TariffCatalog:
     async def assign(self, account_id: str, plan_id: str) -> None:
         if not account_id.strip():
             raise InvalidArgument("account_id is empty.")
+        if len(account_id) > 64:
+            raise InvalidArgument("account_id is longer than 64 characters.")
         await self._store.assign(account_id, plan_id)
         await self.refresh()
 

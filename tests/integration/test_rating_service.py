@@ -11,6 +11,7 @@ import asyncio
 import time
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import grpc
 import pytest
@@ -803,3 +804,41 @@ async def test_a_second_instance_picks_up_writes_through_the_first(
     finally:
         await channel.close(None)
         await second.close(grace=0.5)
+
+
+@pytest.mark.parametrize(
+    "call",
+    ["long_description", "long_plan_name", "long_account_id"],
+)
+async def test_overlong_text_fields_are_refused(api: Stubs, call: str) -> None:
+    if call == "long_description":
+        request: Any = api.rating.UpsertTariff(
+            rating_pb2.UpsertTariffRequest(
+                tariff=rating_pb2.Tariff(
+                    service_type=types_pb2.VOICE,
+                    prefix="+999",
+                    unit=types_pb2.SECOND,
+                    price_per_unit_micros=1,
+                    increment_units=1,
+                    currency="EUR",
+                    description="x" * 501,
+                )
+            ),
+            metadata=OPERATOR,
+        )
+    elif call == "long_plan_name":
+        request = api.rating.UpsertRatePlan(
+            rating_pb2.UpsertRatePlanRequest(
+                rate_plan=rating_pb2.RatePlan(rate_plan_id="long-name", display_name="x" * 201)
+            ),
+            metadata=OPERATOR,
+        )
+    else:
+        request = api.rating.AssignRatePlan(
+            rating_pb2.AssignRatePlanRequest(account_id="a" * 65, rate_plan_id="default"),
+            metadata=OPERATOR,
+        )
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await request
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "longer than" in (raised.value.details() or "")

@@ -9,6 +9,7 @@ from meterline.kernel.errors import InvalidArgument
 
 DEFAULT_PLAN_ID = "default"
 MAX_PLAN_ID_LENGTH = 64
+MAX_DISPLAY_NAME_LENGTH = 200
 
 
 @dataclass(frozen=True)
@@ -45,6 +46,8 @@ def new_plan(
     is_default: bool = False,
 ) -> RatePlan:
     """A validated plan (the schedule checks the time zone and every band's span)."""
+    if len(display_name) > MAX_DISPLAY_NAME_LENGTH:
+        raise InvalidArgument(f"display_name is longer than {MAX_DISPLAY_NAME_LENGTH} characters.")
     schedule = BandSchedule(
         time_zone=time_zone.strip() or "UTC",
         default_band=validate_band_name(default_band or "STANDARD"),

@@ -32,6 +32,7 @@ MAX_UNITS = 10**15
 MAX_PRICE_MICROS = 10**12  # one million currency units
 MAX_UNIT_SIZE = 10**12
 MAX_TIERS = 16
+MAX_DESCRIPTION_LENGTH = 500
 FOREVER = 2**62
 
 
@@ -120,6 +121,8 @@ def validate_tariff(tariff: Tariff) -> Tariff:
         raise InvalidArgument(f"prefix is longer than {MAX_PREFIX_LENGTH} characters.")
     if tariff.prefix and (not tariff.prefix.isprintable() or " " in tariff.prefix):
         raise InvalidArgument("prefix may not contain spaces or control characters.")
+    if len(tariff.description) > MAX_DESCRIPTION_LENGTH:
+        raise InvalidArgument(f"description is longer than {MAX_DESCRIPTION_LENGTH} characters.")
     terms = tariff.terms
     _check_price(terms.price_per_unit_micros, "price_per_unit_micros")
     _check_price(terms.setup_fee_micros, "setup_fee_micros")

@@ -22,7 +22,6 @@ from meterline.kernel.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    UsageWentBackwards,
 )
 from meterline.kernel.media import MAX_ENDPOINT_LENGTH, ServiceType, Unit, validate_endpoint
 from meterline.kernel.principals import Principal, PrincipalKind
@@ -373,13 +372,11 @@ class SessionService:
                 session.status is SessionStatus.ACTIVE
                 and rules.classify_update(session, sequence, used_units) is UpdateKind.APPLY
             ):
-                now = datetime.now(UTC)
-                await self._store.save_usage(conn, session_id, sequence, used_units, now)
-                session = replace(
-                    session, last_sequence=sequence, used_units=used_units, last_update_at=now
+                session = await self._store.save_usage(
+                    conn, session_id, sequence, used_units, datetime.now(UTC)
                 )
-                session = await self._extend_grant(conn, session, used_units)
-                exhausted = used_units >= session.granted_units
+                session = await self._extend_grant(conn, session, session.used_units)
+                exhausted = session.used_units >= session.granted_units
         if exhausted:
             await self.settle(session_id, None, TerminationReason.BALANCE_EXHAUSTED)
             async with self._engine.connect() as conn:
@@ -447,10 +444,20 @@ class SessionService:
         if session is None:
             raise NotFound(f"There is no session {session_id!r}.", reason="SESSION_NOT_FOUND")
         principal.require_session(session.account_id, session.gateway_id)
-        return await self.settle(session_id, used_units, _reason_for(principal))
+        # A device's or a gateway's final count may not be below its own last report; an
+        # operator's is a floor only (0 settles what was reported).
+        floor = {
+            PrincipalKind.DEVICE: session.client_used_units,
+            PrincipalKind.GATEWAY: session.gateway_used_units,
+        }.get(principal.kind, 0)
+        return await self.settle(session_id, used_units, _reason_for(principal), floor)
 
     async def settle(
-        self, session_id: str, final_used: int | None, reason: TerminationReason
+        self,
+        session_id: str,
+        final_used: int | None,
+        reason: TerminationReason,
+        reported_floor: int = 0,
     ) -> dict[str, Any]:
         """End a session: capture exactly the charge of its final usage from its holds,
         release the rest, write the service record, remove presence. Safe to repeat: every
@@ -465,13 +472,10 @@ class SessionService:
             if session.pending_hold_micros:
                 await self._resolve_pending_hold(conn, session)
             if session.status is SessionStatus.ACTIVE:
-                used = session.used_units if final_used is None else final_used
-                rules.validate_used_units(used)
-                if used < session.used_units:
-                    raise UsageWentBackwards(
-                        f"used_units is cumulative and cannot go backwards: {used} was given "
-                        f"after {session.used_units} was reported."
-                    )
+                if final_used is not None:
+                    rules.validate_used_units(final_used)
+                    rules.ensure_not_backwards(reported_floor, final_used)
+                used = max(session.used_units, final_used or 0)
                 if used > session.granted_units:
                     session = await self._extend_grant(
                         conn, replace(session, used_units=used), used
@@ -581,17 +585,24 @@ class SessionService:
             if session is None:
                 raise NotFound(f"There is no session {session_id!r}.", reason="SESSION_NOT_FOUND")
             principal.require_session(session.account_id, session.gateway_id)
-            record = await self.settle(session_id, used_units, TerminationReason.GATEWAY)
+            record = await self.settle(
+                session_id, used_units, TerminationReason.GATEWAY, session.gateway_used_units
+            )
             return int(record["charged_micros"]), record
         async with self._engine.begin() as conn:
             session = await self._locked(conn, principal, session_id)
             if session.status is SessionStatus.ACTIVE:
-                rules.classify_update(session, session.last_sequence + 1, used_units)
-                await self._store.save_usage(
-                    conn, session_id, session.last_sequence, used_units, datetime.now(UTC)
+                rules.validate_used_units(used_units)
+                rules.ensure_not_backwards(session.gateway_used_units, used_units)
+                session = await self._store.save_usage(
+                    conn,
+                    session_id,
+                    session.last_sequence,
+                    used_units,
+                    datetime.now(UTC),
+                    from_gateway=True,
                 )
-                session = replace(session, used_units=used_units)
-                session = await self._extend_grant(conn, session, used_units)
+                session = await self._extend_grant(conn, session, session.used_units)
         return session.charged_micros, None
 
     async def session_for_watch(self, principal: Principal, session_id: str) -> Session:

@@ -336,3 +336,39 @@ async def test_a_session_is_priced_under_its_accounts_plan_and_bands(
     finally:
         await client.close()
     assert (await _account(quota_api, client.account_id)).balance_micros == 860_000
+
+
+async def test_device_and_gateway_counters_are_each_their_own(
+    small_slices: InProcessStack, quota_api: Stubs
+) -> None:
+    """The gateway reports more than the device: the device's next, lower-but-own-newer
+    report is accepted, the session's usage is the larger count, and an operator's stop
+    with 0 settles what was reported."""
+    client = await _client(small_slices, quota_api, 1_000_000)
+    gateway = metadata(
+        token_for(Principal(kind=PrincipalKind.GATEWAY, subject="gw", gateway_id="local"))
+    )
+    try:
+        session = await client.start_service(ServiceType.VOICE, "+33123")
+        await session.report(5)
+        await quota_api.service.ReportGatewayUsage(
+            service_pb2.ReportGatewayUsageRequest(session_id=session.session_id, used_units=12),
+            metadata=gateway,
+        )
+        later = await session.report(8)  # the device's own counter goes 5 -> 8
+        assert (later.used_units, later.charged_micros) == (12, 120_000)
+        with pytest.raises(grpc.aio.AioRpcError) as raised:
+            await quota_api.service.ReportGatewayUsage(
+                service_pb2.ReportGatewayUsageRequest(session_id=session.session_id, used_units=11),
+                metadata=gateway,
+            )
+        assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+        record = await quota_api.service.StopService(
+            service_pb2.StopServiceRequest(session_id=session.session_id, used_units=0),
+            metadata=OPERATOR,
+        )
+        assert (record.used_units, record.charged_micros) == (12, 120_000)
+        assert record.termination_reason == service_pb2.TERMINATION_REASON_OPERATOR
+    finally:
+        await client.close()
+    assert (await _account(quota_api, client.account_id)).balance_micros == 880_000

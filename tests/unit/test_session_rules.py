@@ -75,6 +75,7 @@ def session(
         used_units=used_units,
         granted_units=granted_units,
         held_micros=price_units(session_rate.terms, granted_units).amount_micros,
+        client_used_units=used_units,  # a session only the device has reported on
     )
 
 
@@ -106,7 +107,15 @@ def test_a_newer_update_with_fewer_units_went_backwards() -> None:
         classify_update(SEEN_3, 4, 99)
     assert isinstance(caught.value, InvalidArgument)
     assert caught.value.reason == "USAGE_WENT_BACKWARDS"
-    assert "99 after 100" in caught.value.message
+    assert "99 was given after 100 was reported" in caught.value.message
+
+
+def test_the_device_is_held_to_its_own_counter_not_the_gateways() -> None:
+    # The gateway reported 150; the device's own counter is at 100: 120 is not backwards.
+    reported_by_both = replace(SEEN_3, used_units=150, gateway_used_units=150)
+    assert classify_update(reported_by_both, 4, 120) is UpdateKind.APPLY
+    with pytest.raises(UsageWentBackwards):
+        classify_update(reported_by_both, 4, 99)
 
 
 @pytest.mark.parametrize(

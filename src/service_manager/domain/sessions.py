@@ -80,6 +80,10 @@ class Session:
     termination_reason: TerminationReason | None = None
     pending_hold_micros: int = 0
     """The first hold asked for but not yet recorded (only while a start is under way)."""
+    client_used_units: int = 0
+    """The device's own last cumulative report."""
+    gateway_used_units: int = 0
+    """The gateway's own last cumulative report."""
 
     @property
     def charged_micros(self) -> int:
@@ -118,12 +122,17 @@ def classify_update(session: Session, sequence: int, used_units: int) -> UpdateK
     validate_used_units(used_units)
     if sequence <= session.last_sequence:
         return UpdateKind.DUPLICATE
-    if used_units < session.used_units:
-        raise UsageWentBackwards(
-            f"used_units is cumulative and cannot go backwards: update {sequence} says "
-            f"{used_units} after {session.used_units} was reported."
-        )
+    ensure_not_backwards(session.client_used_units, used_units)
     return UpdateKind.APPLY
+
+
+def ensure_not_backwards(last_reported: int, used_units: int) -> None:
+    """Each reporter's counter is cumulative: never below its own last report."""
+    if used_units < last_reported:
+        raise UsageWentBackwards(
+            f"used_units is cumulative and cannot go backwards: {used_units} was given "
+            f"after {last_reported} was reported."
+        )
 
 
 def needs_next_slice(session: Session, used_units: int, slice_units: int) -> bool:

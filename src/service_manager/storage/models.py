@@ -46,7 +46,10 @@ sessions = Table(
     Column("started_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("last_update_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("last_sequence", BigInteger, nullable=False, server_default="0"),
+    # The session's usage: the larger of the device's and the gateway's counters.
     Column("used_units", BigInteger, nullable=False, server_default="0"),
+    Column("client_used_units", BigInteger, nullable=False, server_default="0"),
+    Column("gateway_used_units", BigInteger, nullable=False, server_default="0"),
     Column("granted_units", BigInteger, nullable=False, server_default="0"),
     Column("held_micros", BigInteger, nullable=False, server_default="0"),
     # The first hold's amount while it is being reserved; 0 once recorded (migration 0002).

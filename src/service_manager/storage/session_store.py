@@ -39,6 +39,8 @@ def _session(row: Any) -> Session:
             TerminationReason(row.termination_reason) if row.termination_reason else None
         ),
         pending_hold_micros=row.pending_hold_micros,
+        client_used_units=row.client_used_units,
+        gateway_used_units=row.gateway_used_units,
     )
 
 
@@ -47,7 +49,7 @@ def _apply_usage_statement(by_account: bool, by_gateway: bool) -> Any:
         sessions.c.session_id == bindparam("b_session"),
         sessions.c.status == SessionStatus.ACTIVE.value,
         sessions.c.last_sequence < bindparam("b_sequence"),
-        sessions.c.used_units <= bindparam("b_used"),
+        sessions.c.client_used_units <= bindparam("b_used"),
     )
     if by_account:
         statement = statement.where(sessions.c.account_id == bindparam("b_account"))
@@ -55,7 +57,8 @@ def _apply_usage_statement(by_account: bool, by_gateway: bool) -> Any:
         statement = statement.where(sessions.c.gateway_id == bindparam("b_gateway"))
     return statement.values(
         last_sequence=bindparam("b_sequence"),
-        used_units=bindparam("b_used"),
+        client_used_units=bindparam("b_used"),
+        used_units=func.greatest(sessions.c.used_units, bindparam("b_used")),
         last_update_at=bindparam("b_at"),
     ).returning(sessions)
 
@@ -189,13 +192,32 @@ class SessionStore:
         return _session(row) if row else None
 
     async def save_usage(
-        self, conn: AsyncConnection, session_id: str, sequence: int, used_units: int, at: datetime
-    ) -> None:
-        await conn.execute(
-            update(sessions)
-            .where(sessions.c.session_id == session_id)
-            .values(last_sequence=sequence, used_units=used_units, last_update_at=at)
-        )
+        self,
+        conn: AsyncConnection,
+        session_id: str,
+        sequence: int,
+        used_units: int,
+        at: datetime,
+        from_gateway: bool = False,
+    ) -> Session:
+        """Store a reporter's counter; the session's usage becomes the larger of the two."""
+        counter = sessions.c.gateway_used_units if from_gateway else sessions.c.client_used_units
+        row = (
+            await conn.execute(
+                update(sessions)
+                .where(sessions.c.session_id == session_id)
+                .values(
+                    {
+                        counter: used_units,
+                        sessions.c.last_sequence: sequence,
+                        sessions.c.used_units: func.greatest(sessions.c.used_units, used_units),
+                        sessions.c.last_update_at: at,
+                    }
+                )
+                .returning(sessions)
+            )
+        ).one()
+        return _session(row)
 
     async def add_hold(
         self,

@@ -136,10 +136,9 @@ class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
         return rate
 
     def _rated(self, request: rating_pb2.RateUsageRequest) -> RatedUsage:
-        service_type = _SERVICE_TYPES.get(request.service_type)
-        if service_type is None:
-            service_type_from_wire(request.service_type)  # raises the clear error
-            raise AssertionError("unreachable")  # pragma: no cover
+        service_type = _SERVICE_TYPES.get(request.service_type) or service_type_from_wire(
+            request.service_type
+        )
         endpoint = request.endpoint
         if service_type is ServiceType.APPLICATION and not endpoint:
             endpoint = request.application_id  # priced by application id
@@ -212,15 +211,16 @@ class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
         for item in request.items:
             result = results.add()
             try:
-                service_type = _SERVICE_TYPES.get(item.service_type)
-                if service_type is None:
-                    service_type_from_wire(item.service_type)  # raises the clear error
+                # The dict is the fast path; an unknown value gets the full, clear error.
+                service_type = _SERVICE_TYPES.get(item.service_type) or service_type_from_wire(
+                    item.service_type
+                )
                 endpoint = item.endpoint
                 if service_type is ServiceType.APPLICATION and not endpoint:
                     endpoint = item.application_id
                 start = item.start_time
                 tariff, amount, billed = quote(
-                    service_type,  # type: ignore[arg-type]
+                    service_type,
                     endpoint,
                     item.units,
                     start.seconds or now,

@@ -206,10 +206,6 @@ class Ledger:
             raise NotFound(f"There is no hold {hold_id!r}.", reason="HOLD_NOT_FOUND")
         return hold
 
-    async def hold_account(self, hold_id: str) -> str:
-        async with self._engine.connect() as conn:
-            return (await self._existing_hold(conn, hold_id)).account_id
-
     async def entries(self, account_id: str, after_entry_id: int, limit: int) -> list[LedgerLine]:
         async with self._engine.connect() as conn:
             if await self._store.account(conn, account_id) is None:

@@ -604,11 +604,3 @@ class SessionService:
                 )
                 session = await self._extend_grant(conn, session, session.used_units)
         return session.charged_micros, None
-
-    async def session_for_watch(self, principal: Principal, session_id: str) -> Session:
-        async with self._engine.connect() as conn:
-            session = await self._store.get(conn, session_id)
-        if session is None:
-            raise NotFound(f"There is no session {session_id!r}.", reason="SESSION_NOT_FOUND")
-        principal.require_session(session.account_id, session.gateway_id)
-        return session

@@ -20,7 +20,6 @@ from rating_service.domain.tariffs import (
     Tariff,
     TariffIndex,
     validate_tariff,
-    with_id,
 )
 
 pytestmark = pytest.mark.unit
@@ -153,14 +152,6 @@ def test_rate_prices_under_the_matched_tariff(units: int) -> None:
 def test_rate_refuses_bad_units(units: int, message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         VOICE_INDEX.rate(ServiceType.VOICE, "+442079460000", units)
-
-
-def test_with_id_copies() -> None:
-    original = tariff("+44", tariff_id="")
-    named = with_id(original, "trf_1")
-    assert named.tariff_id == "trf_1"
-    assert original.tariff_id == "VOICE:+44"
-    assert replace(named, tariff_id=original.tariff_id) == original
 
 
 # -- validation -----------------------------------------------------------------------------

@@ -26,17 +26,6 @@ class Unit(enum.StrEnum):
     EVENT = "EVENT"
 
 
-NATURAL_UNIT: dict[ServiceType, Unit] = {
-    ServiceType.VOICE: Unit.SECOND,
-    ServiceType.VIDEO: Unit.SECOND,
-    ServiceType.INSTANT_MESSAGING: Unit.MESSAGE,
-    ServiceType.WEB_BROWSING: Unit.BYTE,
-    ServiceType.FILE_DOWNLOAD: Unit.BYTE,
-    ServiceType.APPLICATION: Unit.EVENT,
-}
-"""The unit each channel is usually metered in (a tariff may choose another)."""
-
-
 def validate_endpoint(endpoint: str, field: str = "endpoint") -> str:
     """A phone number, host or application id: printable, no spaces, not too long."""
     if not endpoint or not endpoint.strip():

@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 from urllib.parse import urlsplit
 
@@ -317,12 +317,3 @@ class TariffIndex:
             over_time=tariff.unit is Unit.SECOND,
         )
         return tariff, amount, billed
-
-    def tariffs(self) -> Iterator[Tariff]:
-        for keys in self._keys.values():
-            for versions in keys.values():
-                yield from versions.tariffs
-
-
-def with_id(tariff: Tariff, tariff_id: str) -> Tariff:
-    return replace(tariff, tariff_id=tariff_id)

@@ -76,9 +76,6 @@ class Presence:
             pipe.zrem(self._active_key, session_id)
             await pipe.execute()
 
-    async def contains(self, session_id: str) -> bool:
-        return bool(await self._redis.exists(self._session_key(session_id)))
-
     async def active(self, account_id: str = "") -> list[ActiveUser]:
         session_ids = [
             item.decode() if isinstance(item, bytes) else str(item)

@@ -113,19 +113,6 @@ class SessionStore:
         ).one_or_none()
         return row.address if row else ""
 
-    async def upsert_gateway(
-        self, conn: AsyncConnection, gateway_id: str, address: str, service_types: str
-    ) -> None:
-        statement = pg_insert(gateways).values(
-            gateway_id=gateway_id, address=address, service_types=service_types, enabled=True
-        )
-        await conn.execute(
-            statement.on_conflict_do_update(
-                index_elements=["gateway_id"],
-                set_={"address": address, "service_types": service_types, "enabled": True},
-            )
-        )
-
     async def by_request_id(self, conn: AsyncConnection, request_id: str) -> Session | None:
         row = (
             await conn.execute(select(sessions).where(sessions.c.request_id == request_id))

@@ -350,12 +350,16 @@ class SessionService:
                 session = await self._extend_grant(conn, session, session.used_units)
                 exhausted = session.used_units >= session.granted_units
         if exhausted:
-            await self.settle(session_id, None, TerminationReason.BALANCE_EXHAUSTED)
-            async with self._engine.connect() as conn:
-                settled = await self._store.get(conn, session_id)
-            assert settled is not None
-            session = settled
+            session = await self._cut_off(session_id)
         return session
+
+    async def _cut_off(self, session_id: str) -> Session:
+        """End a session whose grant is used up and cannot be extended."""
+        await self.settle(session_id, None, TerminationReason.BALANCE_EXHAUSTED)
+        async with self._engine.connect() as conn:
+            settled = await self._store.get(conn, session_id)
+        assert settled is not None
+        return settled
 
     async def _meter_locked(
         self, principal: Principal, session_id: str, sequence: int, used_units: int
@@ -378,11 +382,7 @@ class SessionService:
                 session = await self._extend_grant(conn, session, session.used_units)
                 exhausted = session.used_units >= session.granted_units
         if exhausted:
-            await self.settle(session_id, None, TerminationReason.BALANCE_EXHAUSTED)
-            async with self._engine.connect() as conn:
-                settled = await self._store.get(conn, session_id)
-            assert settled is not None
-            session = settled
+            session = await self._cut_off(session_id)
         return await self._metered(session)
 
     async def _metered(self, session: Session) -> Metered:

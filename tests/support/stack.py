@@ -4,24 +4,19 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 import billing_manager.server
 import rating_service.server
 import service_manager.server
 from meterline.kernel.config import Endpoints, QuotaPolicy, Settings, Stores
 from meterline.kernel.principals import Principal, PrincipalKind
+from meterline.kernel.processes import free_port, spawn_service, stop_processes, wait_until_serving
 from meterline.kernel.runtime import ServiceHandle
 from meterline.kernel.tokens import TokenSigner
 from tests.support.stores import StoreUrls
@@ -87,29 +82,6 @@ async def start_in_process(stores: StoreUrls, quota: QuotaPolicy | None = None) 
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_until_serving(address: str, process: subprocess.Popen[bytes], seconds: float = 60) -> None:
-    deadline = time.monotonic() + seconds
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            if process.poll() is not None:
-                raise RuntimeError(f"the server for {address} exited with {process.returncode}")
-            try:
-                status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status
-                if status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.RpcError:
-                pass
-            time.sleep(0.1)
-    raise TimeoutError(f"{address} did not become healthy in {seconds} s")
-
-
 def environment(stores: StoreUrls, endpoints: Endpoints) -> dict[str, str]:
     return {
         **os.environ,
@@ -136,23 +108,15 @@ def service_processes(stores: StoreUrls, log_dir: Path) -> Iterator[Endpoints]:
     env = environment(stores, endpoints)
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        for package, address in (
-            ("rating_service", endpoints.rating),
-            ("billing_manager", endpoints.billing),
-            ("service_manager", endpoints.service),
+        for role, address in (
+            ("rating", endpoints.rating),
+            ("billing", endpoints.billing),
+            ("service", endpoints.service),
         ):
-            log = (log_dir / f"{package}.log").open("wb")
-            process = subprocess.Popen(
-                [sys.executable, "-m", package], env=env, stdout=log, stderr=subprocess.STDOUT
-            )
+            log = log_dir / f"{role}.log"
+            process = spawn_service(role, env, log)
             processes.append(process)
-            wait_until_serving(address, process)
+            wait_until_serving(address, process, log)
         yield endpoints
     finally:
-        for process in processes:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
+        stop_processes(processes)

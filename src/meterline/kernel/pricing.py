@@ -4,9 +4,9 @@ volume tiers. A pure function of the rate terms and the usage, shared by the rat
 service (which finds the rate) and the service manager (which prices a session under the
 rate it was granted at the start).
 
-Rounding: usage is rounded up to the billing increments once, for the whole record; each
-priced part (a band's seconds, a tier's bytes) is then rounded up to a whole micro-unit
-once. Nothing is rounded inside a sum.
+Rounding: usage is rounded up to the billing increments once, for the whole record; the
+exact charge of all its priced parts (a band's seconds, a tier's bytes) is rounded up to
+a whole micro-unit once. Nothing is rounded inside a sum.
 """
 
 from __future__ import annotations
@@ -110,15 +110,16 @@ def price_units(
     if billed == 0:
         return ZERO
     if terms.tiers:
-        parts = _tiered(terms, billed)
+        pieces = _tiered(terms, billed)
     elif terms.band_prices and not schedule.is_flat and over_time:
-        parts = [
-            _part(terms, band, seconds, terms.band_price(band), at)
+        pieces = [
+            (band, seconds, terms.band_price(band), at)
             for band, at, seconds in schedule.split(start, billed)
         ]
     else:
         band = schedule.band_at(start)
-        parts = [_part(terms, band, billed, terms.band_price(band), start)]
+        pieces = [(band, billed, terms.band_price(band), start)]
+    parts = _priced(terms, pieces)
     if terms.setup_fee_micros:
         parts.append(PricePart(SETUP_FEE_PART, 0, 0, terms.setup_fee_micros))
     amount = money.add(*(part.amount_micros for part in parts))
@@ -149,29 +150,39 @@ def price_amount(
     return money.check_micros(amount), billed
 
 
-def _part(terms: RateTerms, label: str, units: int, price: int, start: int) -> PricePart:
-    amount = money.cost_of_units(units, price, terms.unit_size)
-    return PricePart(label, units, price, amount, start)
+Piece = tuple[str, int, int, int]
+"""(label, units, price per unit size, start) of a part before it is priced."""
 
 
-def _tiered(terms: RateTerms, billed: int) -> list[PricePart]:
+def _priced(terms: RateTerms, pieces: list[Piece]) -> list[PricePart]:
+    """The parts' amounts, rounded once for the record: each part gets the rounded-up
+    running total less what the parts before it got, so no fraction of a micro-unit is
+    rounded inside the sum and the parts still add up to the amount."""
     parts: list[PricePart] = []
+    exact = 0  # the running total times unit_size
+    charged = 0
+    for label, units, price, start in pieces:
+        exact += units * price
+        total = money.cost_of_units(exact, 1, terms.unit_size)
+        parts.append(PricePart(label, units, price, total - charged, start))
+        charged = total
+    return parts
+
+
+def _tiered(terms: RateTerms, billed: int) -> list[Piece]:
+    parts: list[Piece] = []
     covered = 0
     for number, tier in enumerate(terms.tiers, start=1):
         limit = tier.up_to_units or billed
         units = min(billed, limit) - covered
         if units > 0:
-            parts.append(_part(terms, f"TIER_{number}", units, tier.price_per_unit_micros, 0))
+            parts.append((f"TIER_{number}", units, tier.price_per_unit_micros, 0))
             covered += units
         if covered >= billed:
             break
     if covered < billed:  # the last tier had a limit: it also prices the rest
         last = terms.tiers[-1]
-        parts.append(
-            _part(
-                terms, f"TIER_{len(terms.tiers)}", billed - covered, last.price_per_unit_micros, 0
-            )
-        )
+        parts.append((f"TIER_{len(terms.tiers)}", billed - covered, last.price_per_unit_micros, 0))
     return parts
 
 

@@ -189,8 +189,8 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
             raise InvalidArgument("period_start and period_end are both needed.")
         invoice = await self._ledger.generate_invoice(
             request.account_id,
-            from_timestamp(request.period_start),
-            from_timestamp(request.period_end),
+            from_timestamp(request.period_start, "period_start"),
+            from_timestamp(request.period_end, "period_end"),
             request.idempotency_key,
         )
         return invoice_to_wire(invoice)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import time
-from datetime import UTC
 from typing import Any
 
 import grpc
@@ -16,6 +15,8 @@ from meterline.kernel.media import ServiceType
 from meterline.kernel.money import AmountError
 from meterline.kernel.principals import PrincipalKind
 from meterline.kernel.wire import (
+    epoch_seconds,
+    from_timestamp,
     service_type_from_wire,
     service_type_to_wire,
     terms_from_wire,
@@ -89,7 +90,9 @@ def tariff_from_wire(wire: rating_pb2.Tariff) -> Tariff:
         description=wire.description,
         plan_id=wire.rate_plan_id or DEFAULT_PLAN_ID,
         effective_from=(
-            wire.effective_from.ToDatetime(tzinfo=UTC) if wire.HasField("effective_from") else None
+            from_timestamp(wire.effective_from, "effective_from")
+            if wire.HasField("effective_from")
+            else None
         ),
     )
 
@@ -142,8 +145,7 @@ class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
         endpoint = request.endpoint
         if service_type is ServiceType.APPLICATION and not endpoint:
             endpoint = request.application_id  # priced by application id
-        start = request.start_time
-        at = start.seconds if start.seconds or start.nanos else int(time.time())
+        at = epoch_seconds(request.start_time, "start_time")
         return self._catalog.index.rate(
             service_type, endpoint, request.units, at, request.account_id, request.rate_plan_id
         )
@@ -172,7 +174,7 @@ class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
         service_type = service_type_from_wire(request.service_type)
         index = self._catalog.index
         plan = index.plan_for(request.account_id, request.rate_plan_id)
-        at = request.at.seconds if request.at.seconds or request.at.nanos else int(time.time())
+        at = epoch_seconds(request.at, "at")
         tariff = index.match(service_type, request.endpoint, at, plan)
         return rate_to_wire(tariff, plan)
 
@@ -218,12 +220,11 @@ class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
                 endpoint = item.endpoint
                 if service_type is ServiceType.APPLICATION and not endpoint:
                     endpoint = item.application_id
-                start = item.start_time
                 tariff, amount, billed = quote(
                     service_type,
                     endpoint,
                     item.units,
-                    start.seconds or now,
+                    epoch_seconds(item.start_time, "start_time", now),
                     item.account_id,
                     item.rate_plan_id,
                 )

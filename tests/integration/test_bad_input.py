@@ -301,3 +301,33 @@ async def test_two_streams_on_one_session_never_charge_twice(api: Stubs) -> None
     assert (record.used_units, record.charged_micros) == (60, 600_000)
     account = await _balance(api, account_id)
     assert (account.balance_micros, account.held_micros) == (400_000, 0)
+
+
+async def test_absurd_times_are_refused_per_item(api: Stubs) -> None:
+    await ensure_tariff(api.rating, "+49", 10_000)
+    absurd = rating_pb2.RateUsageRequest(service_type=types_pb2.VOICE, endpoint="+4930", units=1)
+    absurd.start_time.seconds = 2**60
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await api.rating.RateUsage(absurd, metadata=OPERATOR)
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT
+    assert "start_time is not a time" in (raised.value.details() or "")
+    fine = rating_pb2.RateUsageRequest(service_type=types_pb2.VOICE, endpoint="+4930", units=1)
+    response = await api.rating.RateUsageBatch(
+        rating_pb2.RateUsageBatchRequest(items=[absurd, fine]), metadata=OPERATOR
+    )
+    assert response.results[0].error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0]
+    assert response.results[1].rated.amount_micros == 10_000
+    tariff = rating_pb2.Tariff(
+        service_type=types_pb2.VOICE,
+        prefix="+4930",
+        unit=types_pb2.SECOND,
+        price_per_unit_micros=1,
+        increment_units=1,
+        currency="EUR",
+    )
+    tariff.effective_from.seconds = -(2**40)
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await api.rating.UpsertTariff(
+            rating_pb2.UpsertTariffRequest(tariff=tariff), metadata=OPERATOR
+        )
+    assert raised.value.code() is grpc.StatusCode.INVALID_ARGUMENT

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -50,10 +51,26 @@ def timestamp(value: datetime) -> timestamp_pb2.Timestamp:
     return stamp
 
 
-def from_timestamp(stamp: timestamp_pb2.Timestamp, default: datetime | None = None) -> datetime:
+# Times a client may send: from 1970 to the end of year 9999 (what datetime can hold).
+LATEST_EPOCH_SECOND = 253_402_300_799
+
+
+def epoch_seconds(stamp: timestamp_pb2.Timestamp, field: str, now: int | None = None) -> int:
+    """A wire time as epoch seconds; unset (0) is now. Refuses what no usage can be."""
+    if stamp.seconds == 0 and stamp.nanos == 0:
+        return int(time.time()) if now is None else now
+    if not 0 <= stamp.seconds <= LATEST_EPOCH_SECOND or not 0 <= stamp.nanos < 10**9:
+        raise InvalidArgument(f"{field} is not a time between 1970 and 9999.")
+    return int(stamp.seconds)
+
+
+def from_timestamp(
+    stamp: timestamp_pb2.Timestamp, field: str = "time", default: datetime | None = None
+) -> datetime:
     """A wire time as an aware datetime; an unset one (0) is `default` or now."""
     if stamp.seconds == 0 and stamp.nanos == 0:
         return default or datetime.now(UTC)
+    epoch_seconds(stamp, field)
     return stamp.ToDatetime(tzinfo=UTC)
 
 

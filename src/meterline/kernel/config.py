@@ -65,10 +65,33 @@ class QuotaPolicy:
 
 
 @dataclass(frozen=True)
+class SessionEngine:
+    """How the service manager keeps the sessions whose streams it holds."""
+
+    usage_flush_ms: int = 50
+    """`METERLINE_USAGE_FLUSH_MS`: usage of the sessions an instance holds is written to the
+    service database in one statement this often (and at every new slice, settlement and
+    shutdown). A client that never returns is settled at most this far behind."""
+    reserve_ahead_at: float = 0.5
+    """`METERLINE_RESERVE_AHEAD_AT`: the share of a quota slice used (0 < x <= 1) at which
+    the next slice is reserved, in the background, so an update never waits for it."""
+    max_sequence_gap: int = 10_000
+    """`METERLINE_MAX_SEQUENCE_GAP`: a usage update whose sequence is more than this far
+    ahead of the last one applied is refused with INVALID_ARGUMENT."""
+    max_watches_per_caller: int = 20
+    """`METERLINE_MAX_WATCHES_PER_CALLER`: open WatchAccount and WatchTerminations streams
+    one credential may have on one instance; more get RESOURCE_EXHAUSTED."""
+    max_meter_streams_per_caller: int = 20_000
+    """`METERLINE_MAX_METER_STREAMS_PER_CALLER`: open Meter streams one credential may have
+    on one instance (a gateway meters many subscribers); more get RESOURCE_EXHAUSTED."""
+
+
+@dataclass(frozen=True)
 class Settings:
     endpoints: Endpoints = field(default_factory=Endpoints)
     stores: Stores = field(default_factory=Stores)
     quota: QuotaPolicy = field(default_factory=QuotaPolicy)
+    engine: SessionEngine = field(default_factory=SessionEngine)
     data_dir: Path = Path(".meterline")
     """`METERLINE_DATA_DIR`: the embedded servers' data, the generated token secret."""
     token_secret: str = ""
@@ -92,6 +115,19 @@ def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> i
         raise ConfigError(f"{name}={raw!r} is not a whole number") from exc
     if value < minimum:
         raise ConfigError(f"{name} must be at least {minimum}, not {value}")
+    return value
+
+
+def _fraction(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError as exc:
+        raise ConfigError(f"{name}={raw!r} is not a number") from exc
+    if not 0 < value <= 1:
+        raise ConfigError(f"{name} must be more than 0 and at most 1, not {value}")
     return value
 
 
@@ -129,6 +165,15 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             slice_messages=_int(env, "METERLINE_SLICE_MESSAGES", 20),
             slice_events=_int(env, "METERLINE_SLICE_EVENTS", 20),
             validity_seconds=_int(env, "METERLINE_QUOTA_VALIDITY_SECONDS", 120),
+        ),
+        engine=SessionEngine(
+            usage_flush_ms=_int(env, "METERLINE_USAGE_FLUSH_MS", 50),
+            reserve_ahead_at=_fraction(env, "METERLINE_RESERVE_AHEAD_AT", 0.5),
+            max_sequence_gap=_int(env, "METERLINE_MAX_SEQUENCE_GAP", 10_000),
+            max_watches_per_caller=_int(env, "METERLINE_MAX_WATCHES_PER_CALLER", 20),
+            max_meter_streams_per_caller=_int(
+                env, "METERLINE_MAX_METER_STREAMS_PER_CALLER", 20_000
+            ),
         ),
         data_dir=data_dir,
         token_secret=env.get("METERLINE_TOKEN_SECRET", ""),

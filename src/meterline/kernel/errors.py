@@ -10,6 +10,7 @@ catalogue); domain code raises these and never imports gRPC.
     ├── AlreadyExists            an idempotency key reused for another request
     ├── FailedPrecondition       the state forbids it (suspended, closed hold, ...)
     │   └── InsufficientFunds    available would fall below the credit limit
+    ├── ResourceExhausted        a caller is over a limit (open streams, ...)
     └── Unavailable              a store or peer service cannot be reached
 """
 
@@ -59,6 +60,10 @@ class FailedPrecondition(MeterlineError):
 
 class InsufficientFunds(FailedPrecondition):
     reason = "INSUFFICIENT_FUNDS"
+
+
+class ResourceExhausted(MeterlineError):
+    reason = "RESOURCE_EXHAUSTED"
 
 
 class Unavailable(MeterlineError):

@@ -18,6 +18,7 @@ class TerminationReason(enum.StrEnum):
     LIVENESS_TIMEOUT = "LIVENESS_TIMEOUT"
     OPERATOR = "OPERATOR"
     GATEWAY = "GATEWAY"
+    START_FAILED = "START_FAILED"
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,49 +1,55 @@
-"""ServiceManager over gRPC: translate, check the caller, delegate."""
+"""ServiceManager over gRPC: translate, authenticate, delegate, translate back."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2
 
 from meterline.kernel.errors import InvalidArgument, NotFound, PermissionDenied
 from meterline.kernel.grpc_errors import streaming, unary
 from meterline.kernel.grpc_server import Authenticator
-from meterline.kernel.media import ServiceType
 from meterline.kernel.principals import PrincipalKind
 from meterline.kernel.wire import duration, service_type_from_wire, service_type_to_wire, timestamp
-from meterline.rating.v1 import types_pb2
 from meterline.service.v1 import service_pb2, service_pb2_grpc
+from service_manager.app.metering import Metered, MeterStream
+from service_manager.app.parts import ServiceManagerParts
+from service_manager.app.start import StartRequest
+from service_manager.domain.records import ServiceRecord
 from service_manager.domain.sessions import TerminationReason
-from service_manager.rates import session_rate_from_json, session_rate_to_wire
-from service_manager.sessions import Metered, SessionService
+from service_manager.rates import session_rate_to_wire
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
+_REASONS = {
+    reason: service_pb2.TerminationReason.Value(f"TERMINATION_REASON_{reason}")
+    for reason in TerminationReason
+}
 
-def reason_to_wire(reason: TerminationReason | str) -> service_pb2.TerminationReason.ValueType:
-    return service_pb2.TerminationReason.Value(f"TERMINATION_REASON_{reason}")
+
+def reason_to_wire(reason: TerminationReason) -> service_pb2.TerminationReason.ValueType:
+    return _REASONS[reason]
 
 
-def record_to_wire(record: dict[str, Any]) -> service_pb2.ServiceRecord:
-    service_type = ServiceType(record["service_type"])
+def record_to_wire(record: ServiceRecord) -> service_pb2.ServiceRecord:
     return service_pb2.ServiceRecord(
-        session_id=record["session_id"],
-        account_id=record["account_id"],
-        service_type=service_type_to_wire(service_type),
-        endpoint=record["endpoint"],
-        rate=session_rate_to_wire(session_rate_from_json(record["rate"]), service_type),
-        started_at=timestamp(record["started_at"]),
-        ended_at=timestamp(record["ended_at"]),
-        duration=duration(record["ended_at"] - record["started_at"]),
-        used_units=record["used_units"],
-        billed_units=record["billed_units"],
-        charged_micros=record["charged_micros"],
-        termination_reason=reason_to_wire(record["termination_reason"]),
-        gateway_id=record["gateway_id"],
-        application_id=record["application_id"],
+        session_id=record.session_id,
+        account_id=record.account_id,
+        service_type=service_type_to_wire(record.service_type),
+        endpoint=record.endpoint,
+        rate=session_rate_to_wire(record.rate, record.service_type),
+        started_at=timestamp(record.started_at),
+        ended_at=timestamp(record.ended_at),
+        duration=duration(record.ended_at - record.started_at),
+        used_units=record.used_units,
+        billed_units=record.billed_units,
+        charged_micros=record.charged_micros,
+        termination_reason=reason_to_wire(record.termination_reason),
+        gateway_id=record.gateway_id,
+        application_id=record.application_id,
     )
 
 
@@ -52,29 +58,30 @@ def metered_to_wire(metered: Metered) -> service_pb2.MeterResponse:
     response = service_pb2.MeterResponse(
         acknowledged_sequence=session.last_sequence,
         charged_micros=session.charged_micros,
-        balance_micros=metered.available_micros,
+        balance_micros=metered.balance_micros,
         granted_units=session.granted_units,
         used_units=session.used_units,
     )
     if metered.seconds_left is not None:
-        response.estimated_time_left.CopyFrom(duration(timedelta(seconds=metered.seconds_left)))
-    if metered.termination is not None:
+        response.estimated_time_left.CopyFrom(duration_pb2.Duration(seconds=metered.seconds_left))
+    termination = metered.termination
+    if termination is not None:
         response.termination.CopyFrom(
             service_pb2.Termination(
                 session_id=session.session_id,
-                reason=reason_to_wire(metered.termination.reason),
-                message=metered.termination.message,
-                final_unit_indication=metered.termination.final_unit_indication,
+                reason=_REASONS[termination.reason],
+                message=termination.message,
+                final_unit_indication=termination.final_unit_indication,
                 gateway_id=session.gateway_id,
-                ended=metered.termination.ended,
+                ended=termination.ended,
             )
         )
     return response
 
 
 class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
-    def __init__(self, sessions: SessionService, auth: Authenticator) -> None:
-        self._sessions = sessions
+    def __init__(self, parts: ServiceManagerParts, auth: Authenticator) -> None:
+        self._parts = parts
         self._auth = auth
 
     @unary
@@ -82,13 +89,15 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
         self, request: service_pb2.StartServiceRequest, context: Context
     ) -> service_pb2.StartServiceResponse:
         principal = self._auth.principal(context)
-        started = await self._sessions.start(
+        started = await self._parts.start(
             principal,
-            request.account_id,
-            service_type_from_wire(request.service_type),
-            request.endpoint,
-            request.application_id,
-            request.request_id,
+            StartRequest(
+                account_id=request.account_id,
+                service_type=service_type_from_wire(request.service_type),
+                endpoint=request.endpoint,
+                application_id=request.application_id,
+                request_id=request.request_id,
+            ),
         )
         session = started.session
         return service_pb2.StartServiceResponse(
@@ -111,15 +120,21 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
         context: Context,
     ) -> AsyncIterator[service_pb2.MeterResponse]:
         principal = self._auth.principal(context)
-        async for update in request_iterator:
-            if not update.session_id:
-                raise InvalidArgument("session_id is missing from the usage update.")
-            metered = await self._sessions.meter(
-                principal, update.session_id, update.sequence, update.used_units
-            )
-            yield metered_to_wire(metered)
-            if metered.termination is not None and metered.termination.ended:
-                return
+        metering = self._parts.metering
+        with self._parts.meter_streams.hold(principal):
+            stream = MeterStream(principal)
+            try:
+                async for update in request_iterator:
+                    if not update.session_id:
+                        raise InvalidArgument("session_id is missing from the usage update.")
+                    metered = await metering.update(
+                        stream, update.session_id, update.sequence, update.used_units
+                    )
+                    yield metered_to_wire(metered)
+                    if metered.termination is not None and metered.termination.ended:
+                        return
+            finally:
+                await metering.detach(stream, self._parts.batcher)
 
     @unary
     async def StopService(
@@ -128,7 +143,7 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
         principal = self._auth.principal(context)
         if not request.session_id:
             raise InvalidArgument("session_id is missing.")
-        record = await self._sessions.stop(principal, request.session_id, request.used_units)
+        record = await self._parts.stop(principal, request.session_id, request.used_units)
         return record_to_wire(record)
 
     @unary
@@ -137,16 +152,14 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
     ) -> service_pb2.ListActiveSessionsResponse:
         principal = self._auth.principal(context)
         now = datetime.now(UTC)
-        users = await self._sessions.active(principal, request.account_id)
+        users = await self._parts.active(principal, request.account_id)
         return service_pb2.ListActiveSessionsResponse(
             sessions=[
                 service_pb2.ActiveSession(
                     session_id=user.session_id,
                     account_id=user.account_id,
-                    service_type=types_pb2.ServiceType.Value(user.service_type),
-                    rate=session_rate_to_wire(
-                        session_rate_from_json(user.rate), ServiceType(user.service_type)
-                    ),
+                    service_type=service_type_to_wire(user.service_type),
+                    rate=session_rate_to_wire(user.rate, user.service_type),
                     endpoint=user.endpoint,
                     started_at=timestamp(user.started_at),
                     duration=duration(now - user.started_at),
@@ -161,26 +174,30 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
     async def WatchAccount(
         self, request: service_pb2.WatchAccountRequest, context: Context
     ) -> AsyncIterator[service_pb2.AccountEvent]:
-        self._auth.principal(context).require_account(request.account_id)
-        presence = self._sessions.presence
-        async for event in presence.listen(presence.account_channel(request.account_id)):
-            wire = service_pb2.AccountEvent(
-                account_id=event["account_id"],
-                session_id=event["session_id"],
-                balance_micros=event["balance_micros"],
-                charged_micros=event["charged_micros"],
-                used_units=event["used_units"],
-                event_time=timestamp(datetime.now(UTC)),
-            )
-            if event["ended"]:
-                wire.termination.CopyFrom(
-                    service_pb2.Termination(
-                        session_id=event["session_id"],
-                        reason=reason_to_wire(event["reason"]),
-                        ended=True,
-                    )
+        principal = self._auth.principal(context)
+        principal.require_account(request.account_id)
+        with self._parts.watches.hold(principal):
+            events = self._parts.subscriptions.account_events(request.account_id)
+            async for event in events:
+                wire = service_pb2.AccountEvent(
+                    account_id=event.account_id,
+                    session_id=event.session_id,
+                    balance_micros=event.balance_micros,
+                    charged_micros=event.charged_micros,
+                    used_units=event.used_units,
+                    event_time=timestamp(datetime.now(UTC)),
                 )
-            yield wire
+                if event.ended or event.final_units:
+                    reason = event.reason or TerminationReason.CLIENT_STOP
+                    wire.termination.CopyFrom(
+                        service_pb2.Termination(
+                            session_id=event.session_id,
+                            reason=_REASONS[reason],
+                            ended=event.ended,
+                            final_unit_indication=event.final_units,
+                        )
+                    )
+                yield wire
 
     @streaming
     async def WatchTerminations(
@@ -193,27 +210,29 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
             principal.kind is PrincipalKind.GATEWAY and principal.gateway_id == request.gateway_id
         ):
             raise PermissionDenied("A gateway may watch only its own terminations.")
-        presence = self._sessions.presence
-        async for event in presence.listen(presence.gateway_channel(request.gateway_id)):
-            yield service_pb2.Termination(
-                session_id=event["session_id"],
-                reason=reason_to_wire(event["reason"]),
-                message=event["message"],
-                gateway_id=event["gateway_id"],
-                ended=True,
-            )
+        with self._parts.watches.hold(principal):
+            async for notice in self._parts.subscriptions.gateway_notices(request.gateway_id):
+                yield service_pb2.Termination(
+                    session_id=notice.session_id,
+                    reason=_REASONS[notice.reason],
+                    message=notice.message,
+                    gateway_id=notice.gateway_id,
+                    ended=True,
+                )
 
     @unary
     async def ReportGatewayUsage(
         self, request: service_pb2.ReportGatewayUsageRequest, context: Context
     ) -> service_pb2.ReportGatewayUsageResponse:
         principal = self._auth.principal(context)
-        charged, record = await self._sessions.gateway_usage(
+        if not request.session_id:
+            raise InvalidArgument("session_id is missing.")
+        report = await self._parts.gateway_usage(
             principal, request.session_id, request.used_units, request.ended
         )
-        response = service_pb2.ReportGatewayUsageResponse(charged_micros=charged)
-        if record is not None:
-            response.record.CopyFrom(record_to_wire(record))
+        response = service_pb2.ReportGatewayUsageResponse(charged_micros=report.charged_micros)
+        if report.record is not None:
+            response.record.CopyFrom(record_to_wire(report.record))
         return response
 
     @unary

@@ -1,10 +1,10 @@
-"""The service manager's calls to the billing manager and the rating service, with our
-own service token and the shared retry policy. Their errors come back as domain errors
-with the peer's code and sentence."""
+"""The service manager's calls to the billing manager and the rating service (the Funds
+and Rates ports), with our own service token and the shared retry policy. Wire types stop
+here: the use cases get AccountSnapshot and SessionRate. The peers' errors come back as
+domain errors with the peer's code and sentence."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import TypeVar
@@ -21,13 +21,11 @@ from meterline.kernel.retry import call_with_retry
 from meterline.kernel.tokens import IssuedToken, TokenSigner
 from meterline.kernel.wire import service_type_to_wire
 from meterline.rating.v1 import rating_pb2, rating_pb2_grpc
+from service_manager.domain.accounts import AccountSnapshot
 from service_manager.domain.sessions import SessionRate
 from service_manager.rates import session_rate_from_wire
 
 T = TypeVar("T")
-
-DISPLAY_MAX_AGE = 1.0
-"""Seconds a balance read for display may be reused across usage updates."""
 
 _ERRORS: dict[grpc.StatusCode, type[errors.MeterlineError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
@@ -80,7 +78,6 @@ class Peers:
         self._billing = billing_pb2_grpc.BillingManagerStub(self._billing_channel)
         self._rating = rating_pb2_grpc.RatingServiceStub(self._rating_channel)
         self._token = token
-        self._accounts: dict[str, tuple[float, billing_pb2.Account]] = {}
 
     async def close(self) -> None:
         await self._billing_channel.close(None)
@@ -92,36 +89,29 @@ class Peers:
         except grpc.aio.AioRpcError as error:
             raise _domain_error(error, peer) from error
 
-    async def account(self, account_id: str) -> billing_pb2.Account:
+    async def account(self, account_id: str) -> AccountSnapshot:
         request = billing_pb2.GetAccountRequest(account_id=account_id)
         account = await self._call(
             "billing manager",
             lambda: self._billing.GetAccount(request, metadata=self._token.metadata(), timeout=5),
         )
-        self._accounts[account_id] = (time.monotonic() + DISPLAY_MAX_AGE, account)
-        if len(self._accounts) > 100_000:
-            self._accounts.clear()
-        return account
-
-    async def account_for_display(self, account_id: str) -> billing_pb2.Account:
-        """The account as read at most DISPLAY_MAX_AGE seconds ago: for the balance shown
-        with each usage update, not for deciding what to reserve."""
-        cached = self._accounts.get(account_id)
-        if cached is not None and cached[0] > time.monotonic():
-            return cached[1]
-        return await self.account(account_id)
+        return AccountSnapshot(
+            account_id=account.account_id,
+            currency=account.currency,
+            active=account.status == billing_pb2.ACCOUNT_STATUS_ACTIVE,
+            available_micros=account.available_micros,
+            credit_limit_micros=account.credit_limit_micros,
+        )
 
     async def reserve(self, account_id: str, amount: int, key: str, reference: str) -> str:
         request = billing_pb2.ReserveRequest(
             account_id=account_id, amount_micros=amount, idempotency_key=key, reference=reference
         )
-        self._accounts.pop(account_id, None)  # its balance is about to change
         hold = await self._call(
             "billing manager",
             lambda: self._billing.Reserve(request, metadata=self._token.metadata(), timeout=5),
         )
-        self._accounts.pop(account_id, None)
-        return hold.hold_id
+        return str(hold.hold_id)
 
     async def capture(self, hold_id: str, amount: int, key: str) -> None:
         request = billing_pb2.CaptureRequest(

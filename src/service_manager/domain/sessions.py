@@ -1,21 +1,19 @@
-"""A metered session's rules: which updates count, when to grant the next quota slice,
-what to charge at the end. Pure functions over plain values."""
+"""A metered session and its rules: which updates count, what the usage so far costs.
+Pure functions and plain values; no I/O."""
 
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from meterline.kernel import money
 from meterline.kernel.bands import FLAT, BandSchedule
 from meterline.kernel.errors import InvalidArgument, UsageWentBackwards
 from meterline.kernel.media import ServiceType, Unit
-from meterline.kernel.pricing import RateTerms, affordable_units, price_units
+from meterline.kernel.pricing import RateTerms, price_amount
 
 MAX_UNITS = 10**15
-# Ask for the next slice once this share of the newest slice is used.
-REFILL_AT_REMAINING_FRACTION = 0.2
+DEFAULT_MAX_SEQUENCE_GAP = 10_000
 
 
 class SessionStatus(enum.StrEnum):
@@ -30,6 +28,7 @@ class TerminationReason(enum.StrEnum):
     LIVENESS_TIMEOUT = "LIVENESS_TIMEOUT"
     OPERATOR = "OPERATOR"
     GATEWAY = "GATEWAY"
+    START_FAILED = "START_FAILED"
 
 
 TERMINATION_MESSAGES = {
@@ -38,6 +37,9 @@ TERMINATION_MESSAGES = {
     TerminationReason.LIVENESS_TIMEOUT: "No usage update arrived in time; the service was ended.",
     TerminationReason.OPERATOR: "An operator ended the service.",
     TerminationReason.GATEWAY: "The gateway ended the service.",
+    TerminationReason.START_FAILED: (
+        "The service could not be started; nothing was charged and the hold was released."
+    ),
 }
 
 
@@ -56,13 +58,26 @@ class SessionRate:
 
     def price(self, units: int, start: int) -> int:
         """The charge of `units` cumulative units of a session that started at `start`."""
-        return price_units(
+        return price_amount(
             self.terms, units, start, self.schedule, over_time=self.unit is Unit.SECOND
-        ).amount_micros
+        )[0]
+
+    @property
+    def is_free(self) -> bool:
+        terms = self.terms
+        return (
+            terms.price_per_unit_micros <= 0
+            and terms.setup_fee_micros <= 0
+            and all(price <= 0 for _, price in terms.band_prices)
+            and all(tier.price_per_unit_micros <= 0 for tier in terms.tiers)
+        )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Session:
+    """One session as the service database holds it. The instance that holds the
+    session's stream keeps it in memory and changes it through the rules here."""
+
     session_id: str
     account_id: str
     service_type: ServiceType
@@ -75,20 +90,30 @@ class Session:
     last_update_at: datetime
     last_sequence: int
     used_units: int
+    """The session's usage: the larger of the device's and the gateway's counters."""
     granted_units: int
+    """Cumulative units granted (covered by recorded holds)."""
     held_micros: int
+    """The sum of the recorded holds."""
     termination_reason: TerminationReason | None = None
     pending_hold_micros: int = 0
-    """The first hold asked for but not yet recorded (only while a start is under way)."""
+    """A hold asked for but not yet recorded: its amount (0 when none)."""
     client_used_units: int = 0
     """The device's own last cumulative report."""
     gateway_used_units: int = 0
     """The gateway's own last cumulative report."""
-
-    @property
-    def charged_micros(self) -> int:
-        """The charge of the usage so far (never beyond what was granted)."""
-        return self.rate.price(self.billable_units, self.start_epoch)
+    owner_epoch: int = 0
+    """The fencing token: raised by every instance that takes the session over; a write
+    carrying an older one is refused."""
+    hold_count: int = 0
+    """Recorded holds; the next is number hold_count + 1."""
+    pending_hold_number: int = 0
+    """The number of the pending hold (0 when none)."""
+    pending_granted_units: int = 0
+    """The cumulative grant the pending hold pays for."""
+    owner_id: str = ""
+    """The instance that last took the session over."""
+    _charge_cache: tuple[int, int] = field(default=(-1, 0), repr=False, compare=False)
 
     @property
     def start_epoch(self) -> int:
@@ -97,6 +122,21 @@ class Session:
     @property
     def billable_units(self) -> int:
         return min(self.used_units, self.granted_units)
+
+    @property
+    def charged_micros(self) -> int:
+        """The charge of the usage so far (never beyond what was granted)."""
+        billable = self.billable_units
+        cached_units, cached_charge = self._charge_cache
+        if cached_units == billable:
+            return cached_charge
+        charge = self.rate.price(billable, self.start_epoch)
+        self._charge_cache = (billable, charge)
+        return charge
+
+    @property
+    def is_active(self) -> bool:
+        return self.status is SessionStatus.ACTIVE
 
     def quota_valid_until(self, validity: timedelta) -> datetime:
         return self.last_update_at + validity
@@ -115,13 +155,24 @@ def validate_used_units(used_units: int) -> int:
     return used_units
 
 
-def classify_update(session: Session, sequence: int, used_units: int) -> UpdateKind:
-    """A repeated or older update changes nothing; a newer one must not go backwards."""
+def classify_update(
+    session: Session,
+    sequence: int,
+    used_units: int,
+    max_sequence_gap: int = DEFAULT_MAX_SEQUENCE_GAP,
+) -> UpdateKind:
+    """A repeated or older update changes nothing; a newer one must not go backwards,
+    nor jump so far ahead that later updates would all look like repeats."""
     if sequence < 1:
         raise InvalidArgument(f"sequence must start at 1 and increase (got {sequence}).")
     validate_used_units(used_units)
     if sequence <= session.last_sequence:
         return UpdateKind.DUPLICATE
+    if sequence - session.last_sequence > max_sequence_gap:
+        raise InvalidArgument(
+            f"sequence {sequence} is more than {max_sequence_gap} ahead of the last one "
+            f"applied ({session.last_sequence}); send the next sequence number."
+        )
     ensure_not_backwards(session.client_used_units, used_units)
     return UpdateKind.APPLY
 
@@ -135,70 +186,18 @@ def ensure_not_backwards(last_reported: int, used_units: int) -> None:
         )
 
 
-def needs_next_slice(session: Session, used_units: int, slice_units: int) -> bool:
-    remaining = session.granted_units - used_units
-    return remaining <= slice_units * REFILL_AT_REMAINING_FRACTION
+def apply_client_usage(session: Session, sequence: int, used_units: int, at: datetime) -> None:
+    """Take a device's update that classify_update found new."""
+    session.last_sequence = sequence
+    session.client_used_units = used_units
+    if used_units > session.used_units:
+        session.used_units = used_units
+    session.last_update_at = at
 
 
-@dataclass(frozen=True, slots=True)
-class Grant:
-    granted_units: int
-    """Cumulative units granted after this grant."""
-    amount_micros: int
-    """What the hold for this grant must be."""
-
-
-def next_grant(
-    rate: SessionRate,
-    granted_units: int,
-    used_units: int,
-    slice_units: int,
-    budget_micros: int,
-    start: int = 0,
-) -> Grant | None:
-    """The next slice the budget can fund: enough to cover `used_units` plus a slice,
-    less if the budget is short; None if not one more increment fits."""
-    target = max(granted_units, used_units) + slice_units
-    new_granted = affordable_units(
-        rate.terms,
-        granted_units,
-        max(budget_micros, 0),
-        target,
-        start,
-        rate.schedule,
-        over_time=rate.unit is Unit.SECOND,
-    )
-    if new_granted <= granted_units:
-        return None
-    amount = money.add(
-        rate.price(new_granted, start),
-        -rate.price(granted_units, start),
-    )
-    if amount == 0:
-        # A free slice needs no hold, but still extends the grant.
-        return Grant(new_granted, 0)
-    return Grant(new_granted, amount)
-
-
-def split_capture(charge_micros: int, holds: list[tuple[str, int]]) -> list[tuple[str, int]]:
-    """How much to capture from each hold, oldest first, to take exactly the charge."""
-    remaining = charge_micros
-    plan = []
-    for hold_id, amount in holds:
-        take = min(remaining, amount)
-        plan.append((hold_id, take))
-        remaining -= take
-    if remaining:
-        raise AssertionError(f"holds fall {remaining} micro-units short of the charge")
-    return plan
-
-
-def estimated_seconds_left(session: Session, available_micros: int) -> int | None:
-    """For time-metered sessions: granted seconds left plus what the balance buys."""
-    if session.rate.unit is not Unit.SECOND:
-        return None
-    granted_left = max(session.granted_units - session.used_units, 0)
-    price = session.rate.terms.price_per_unit_micros
-    if price <= 0:
-        return None
-    return granted_left + max(available_micros, 0) // price
+def apply_gateway_usage(session: Session, used_units: int, at: datetime) -> None:
+    """Take a gateway's cumulative report (checked with ensure_not_backwards)."""
+    session.gateway_used_units = used_units
+    if used_units > session.used_units:
+        session.used_units = used_units
+    session.last_update_at = at

@@ -56,6 +56,13 @@ sessions = Table(
     Column("pending_hold_micros", BigInteger, nullable=False, server_default="0"),
     Column("termination_reason", String(32), nullable=True),
     Column("request_id", String(200), nullable=True, unique=True),
+    # Ownership and fencing (migration 0004): the instance holding the stream, and the
+    # epoch every one of its writes must carry.
+    Column("owner_id", String(64), nullable=False, server_default=""),
+    Column("owner_epoch", BigInteger, nullable=False, server_default="1"),
+    Column("hold_count", Integer, nullable=False, server_default="0"),
+    Column("pending_hold_number", Integer, nullable=False, server_default="0"),
+    Column("pending_granted_units", BigInteger, nullable=False, server_default="0"),
     Index("sessions_active_idx", "status", "last_update_at"),
 )
 

@@ -1,128 +1,256 @@
 """Presence in Redis: the collection of active end users (user, service type, rate,
-endpoint, start), and the event channels displays and gateways listen on."""
+endpoint, start, usage) and the event channels displays and gateways listen on.
+
+Nothing waits for Redis: changes are queued and a writer sends them every tick in one
+pipeline; of a session's usage only the newest is sent. If Redis is down they wait (the
+newest usage per session, every start and end) and go when it is back; a Redis that lost
+the collection (restart, flush) is written again from the database's active sessions."""
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
+import logging
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from meterline.kernel.errors import Unavailable
+from meterline.kernel.media import ServiceType
+from service_manager.app.ports import ActiveUser
+from service_manager.domain.records import TerminationNotice, UsageEvent
 from service_manager.domain.sessions import Session
-from service_manager.rates import session_rate_to_json
+from service_manager.rates import session_rate_from_json, session_rate_to_json
+
+log = logging.getLogger(__name__)
+
+TICK_SECONDS = 0.05
+MAX_WAITING = 200_000
+"""Queued starts and ends beyond this while Redis is down are dropped (the rebuild from
+the database restores the collection)."""
 
 
-@dataclass(frozen=True, slots=True)
-class ActiveUser:
-    session_id: str
-    account_id: str
-    service_type: str
-    endpoint: str
-    gateway_id: str
-    started_at: datetime
-    used_units: int
-    rate: dict[str, Any]
+def usage_event_to_json(event: UsageEvent) -> str:
+    return json.dumps(
+        {
+            "account_id": event.account_id,
+            "session_id": event.session_id,
+            "balance_micros": event.balance_micros,
+            "charged_micros": event.charged_micros,
+            "used_units": event.used_units,
+            "ended": event.ended,
+            "reason": event.reason.value if event.reason else "",
+            "final_units": event.final_units,
+        }
+    )
 
 
-class Presence:
-    def __init__(self, redis: Redis, prefix: str) -> None:
-        self._redis = redis
-        self._prefix = prefix
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
 
-    def _session_key(self, session_id: str) -> str:
-        return f"{self._prefix}:presence:session:{session_id}"
 
-    @property
-    def _active_key(self) -> str:
-        return f"{self._prefix}:presence:active"
+class Keys:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+        self.active = f"{prefix}:presence:active"
+        self.built = f"{prefix}:presence:built"
+        self.rebuilding = f"{prefix}:presence:rebuilding"
+
+    def session(self, session_id: str) -> str:
+        return f"{self.prefix}:presence:session:{session_id}"
 
     def account_channel(self, account_id: str) -> str:
-        return f"{self._prefix}:events:account:{account_id}"
+        return f"{self.prefix}:events:account:{account_id}"
 
     def gateway_channel(self, gateway_id: str) -> str:
-        return f"{self._prefix}:events:gateway:{gateway_id}"
+        return f"{self.prefix}:events:gateway:{gateway_id}"
 
-    async def add(self, session: Session) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(
-                self._session_key(session.session_id),
-                mapping={
-                    "account_id": session.account_id,
-                    "service_type": session.service_type.value,
-                    "endpoint": session.endpoint,
-                    "gateway_id": session.gateway_id,
-                    "started_at": session.started_at.isoformat(),
-                    "used_units": session.used_units,
-                    "rate": json.dumps(session_rate_to_json(session.rate)),
-                },
+
+def _entry(session: Session) -> dict[str, Any]:
+    return {
+        "account_id": session.account_id,
+        "service_type": session.service_type.value,
+        "endpoint": session.endpoint,
+        "gateway_id": session.gateway_id,
+        "started_at": session.started_at.isoformat(),
+        "used_units": session.used_units,
+        "rate": json.dumps(session_rate_to_json(session.rate)),
+    }
+
+
+class RedisPresence:
+    """The Presence port on Redis."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._redis = redis
+        self.keys = Keys(prefix)
+        self._changes: list[tuple[str, Any]] = []
+        self._usage: dict[str, tuple[str, str, int]] = {}
+        self._wake = asyncio.Event()
+        self._failing = False
+
+    # -- queued writes -------------------------------------------------------------------
+
+    def started(self, session: Session) -> None:
+        self._queue(("add", (session.session_id, session.started_at.timestamp(), _entry(session))))
+
+    def usage(self, session: Session, event: UsageEvent) -> None:
+        self._usage[session.session_id] = (
+            session.account_id,
+            usage_event_to_json(event),
+            session.used_units,
+        )
+
+    def ended(self, session_id: str, event: UsageEvent, notice: TerminationNotice) -> None:
+        self._usage.pop(session_id, None)
+        self._queue(("remove", session_id))
+        self._queue(
+            ("publish", (self.keys.account_channel(event.account_id), usage_event_to_json(event)))
+        )
+        self._queue(
+            (
+                "publish",
+                (
+                    self.keys.gateway_channel(notice.gateway_id),
+                    json.dumps(
+                        {
+                            "session_id": notice.session_id,
+                            "gateway_id": notice.gateway_id,
+                            "reason": notice.reason.value,
+                            "message": notice.message,
+                        }
+                    ),
+                ),
             )
-            pipe.zadd(self._active_key, {session.session_id: session.started_at.timestamp()})
-            await pipe.execute()
+        )
 
-    async def record_usage(self, session: Session, event: dict[str, Any]) -> None:
-        """Note an active session's usage and tell the account's displays, in one trip."""
-        async with self._redis.pipeline(transaction=False) as pipe:
-            if not event["ended"]:
-                pipe.hset(self._session_key(session.session_id), "used_units", session.used_units)
-            pipe.publish(self.account_channel(session.account_id), json.dumps(event))
-            await pipe.execute()
+    def _queue(self, change: tuple[str, Any]) -> None:
+        if len(self._changes) >= MAX_WAITING:
+            self._changes.pop(0)
+        self._changes.append(change)
+        self._wake.set()
 
-    async def remove(self, session_id: str) -> None:
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.delete(self._session_key(session_id))
-            pipe.zrem(self._active_key, session_id)
-            await pipe.execute()
+    async def run(self) -> None:
+        """The writer: every tick, what changed, in one pipeline."""
+        while True:
+            await asyncio.sleep(TICK_SECONDS)
+            if not self._changes and not self._usage:
+                continue
+            try:
+                await self.flush()
+                if self._failing:
+                    log.info("presence is written to Redis again")
+                self._failing = False
+            except RedisError as error:
+                if not self._failing:
+                    log.warning("presence not written to Redis; trying again: %s", error)
+                self._failing = True
+                await asyncio.sleep(0.5)
+
+    async def flush(self) -> None:
+        changes, self._changes = self._changes, []
+        usage, self._usage = self._usage, {}
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for kind, value in changes:
+                    if kind == "add":
+                        session_id, score, mapping = value
+                        pipe.hset(self.keys.session(session_id), mapping=mapping)
+                        pipe.zadd(self.keys.active, {session_id: score})
+                    elif kind == "remove":
+                        pipe.delete(self.keys.session(value))
+                        pipe.zrem(self.keys.active, value)
+                    else:
+                        pipe.publish(*value)
+                for session_id, (account_id, event, used) in usage.items():
+                    # Only a session still in the collection gets its usage noted.
+                    pipe.hset(self.keys.session(session_id), "used_units", used)
+                    pipe.publish(self.keys.account_channel(account_id), event)
+                await pipe.execute()
+        except BaseException:
+            self._changes[:0] = changes
+            for session_id, value in usage.items():
+                self._usage.setdefault(session_id, value)
+            raise
+        # An HSET of usage may have recreated the entry of a session that ended in the
+        # same tick; ended sessions are removed after their usage.
+        ended = [value for kind, value in changes if kind == "remove"]
+        if ended:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for session_id in ended:
+                    pipe.delete(self.keys.session(session_id))
+                await pipe.execute()
+
+    # -- reads and repair ------------------------------------------------------------------
 
     async def active(self, account_id: str = "") -> list[ActiveUser]:
-        session_ids = [
-            item.decode() if isinstance(item, bytes) else str(item)
-            for item in await self._redis.zrange(self._active_key, 0, -1)
-        ]
-        if not session_ids:
-            return []
-        async with self._redis.pipeline(transaction=False) as pipe:
-            for session_id in session_ids:
-                pipe.hgetall(self._session_key(session_id))
-            details = await pipe.execute()
+        try:
+            session_ids = [
+                _text(item) for item in await self._redis.zrange(self.keys.active, 0, -1)
+            ]
+            if not session_ids:
+                return []
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for session_id in session_ids:
+                    pipe.hgetall(self.keys.session(session_id))
+                details = await pipe.execute()
+        except RedisError as error:
+            raise Unavailable("Presence (Redis) cannot be reached; try again shortly.") from error
         users = []
         for session_id, raw in zip(session_ids, details, strict=True):
-            if not raw:
+            if not raw or (b"account_id" not in raw and "account_id" not in raw):
                 continue
-            fields = {
-                (key.decode() if isinstance(key, bytes) else key): (
-                    value.decode() if isinstance(value, bytes) else value
-                )
-                for key, value in raw.items()
-            }
+            fields = {_text(key): _text(value) for key, value in raw.items()}
             if account_id and fields["account_id"] != account_id:
                 continue
             users.append(
                 ActiveUser(
                     session_id=session_id,
                     account_id=fields["account_id"],
-                    service_type=fields["service_type"],
+                    service_type=ServiceType(fields["service_type"]),
                     endpoint=fields["endpoint"],
                     gateway_id=fields["gateway_id"],
                     started_at=datetime.fromisoformat(fields["started_at"]).astimezone(UTC),
                     used_units=int(fields.get("used_units", 0)),
-                    rate=json.loads(fields["rate"]),
+                    rate=session_rate_from_json(json.loads(fields["rate"])),
                 )
             )
         return users
 
-    async def publish(self, channel: str, event: dict[str, Any]) -> None:
-        await self._redis.publish(channel, json.dumps(event))
-
-    async def listen(self, channel: str) -> AsyncIterator[dict[str, Any]]:
-        pubsub = self._redis.pubsub()
-        await pubsub.subscribe(channel)
+    async def needs_rebuild(self) -> bool:
         try:
-            async for message in pubsub.listen():
-                if message.get("type") == "message":
-                    yield json.loads(message["data"])
-        finally:
-            await pubsub.unsubscribe(channel)
-            await pubsub.aclose()  # type: ignore[no-untyped-call]
+            return not await self._redis.exists(self.keys.built)
+        except RedisError:
+            return False  # down: nothing to rebuild into yet
+
+    async def rebuild_if_lost(self, sessions: Sequence[Session]) -> bool:
+        """Write the collection from the database's active sessions, once (one instance
+        does it; the others see the marker)."""
+        try:
+            if not await self._redis.set(self.keys.rebuilding, "1", nx=True, ex=30):
+                return False
+            try:
+                present = {
+                    _text(item) for item in await self._redis.zrange(self.keys.active, 0, -1)
+                }
+                active = {session.session_id for session in sessions}
+                async with self._redis.pipeline(transaction=False) as pipe:
+                    for session in sessions:
+                        pipe.hset(self.keys.session(session.session_id), mapping=_entry(session))
+                        pipe.zadd(
+                            self.keys.active, {session.session_id: session.started_at.timestamp()}
+                        )
+                    for gone in present - active:
+                        pipe.delete(self.keys.session(gone))
+                        pipe.zrem(self.keys.active, gone)
+                    pipe.set(self.keys.built, datetime.now(UTC).isoformat())
+                    await pipe.execute()
+            finally:
+                await self._redis.delete(self.keys.rebuilding)
+        except RedisError as error:
+            log.warning("presence not rebuilt yet: %s", error)
+            return False
+        return True

@@ -1,359 +1,497 @@
-"""Sessions, their holds, gateways and service records in PostgreSQL."""
+"""Sessions, their holds, gateways and service records in PostgreSQL, through psycopg 3
+and a pool of connections (the tables are SQLAlchemy's in models.py, for Alembic). Every
+write of an owner carries the session's status and epoch (a Fence) and is refused when
+they no longer match. Connections a PostgreSQL restart broke are dropped and the work is
+tried once more; a database that cannot be reached is Unavailable."""
 
 from __future__ import annotations
 
+import json
+import logging
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import bindparam, func, insert, select, text, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.ext.asyncio import AsyncConnection
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
+from meterline.kernel.db import libpq_dsn
+from meterline.kernel.errors import Unavailable
 from meterline.kernel.media import ServiceType
-from service_manager.domain.sessions import (
-    Session,
-    SessionStatus,
-    TerminationReason,
-)
+from service_manager.app.ports import Fence, GatewayInfo, Ownership, UsageWrite
+from service_manager.domain.records import ServiceRecord
+from service_manager.domain.sessions import Session, SessionStatus, TerminationReason
 from service_manager.rates import session_rate_from_json, session_rate_to_json
-from service_manager.storage.models import gateways, service_records, session_holds, sessions
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+Connection = psycopg.AsyncConnection[dict[str, Any]]
+
+_SESSION_COLUMNS = (
+    "session_id, account_id, service_type, endpoint, application_id, gateway_id, rate, "
+    "status, started_at, last_update_at, last_sequence, used_units, client_used_units, "
+    "gateway_used_units, granted_units, held_micros, pending_hold_micros, termination_reason, "
+    "owner_id, owner_epoch, hold_count, pending_hold_number, pending_granted_units"
+)
 
 
-def _session(row: Any) -> Session:
+def _rate_json(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else dict(json.loads(value))
+
+
+def _session(row: dict[str, Any]) -> Session:
     return Session(
-        session_id=row.session_id,
-        account_id=row.account_id,
-        service_type=ServiceType(row.service_type),
-        endpoint=row.endpoint,
-        application_id=row.application_id,
-        gateway_id=row.gateway_id,
-        rate=session_rate_from_json(row.rate),
-        status=SessionStatus(row.status),
-        started_at=row.started_at,
-        last_update_at=row.last_update_at,
-        last_sequence=row.last_sequence,
-        used_units=row.used_units,
-        granted_units=row.granted_units,
-        held_micros=row.held_micros,
+        session_id=row["session_id"],
+        account_id=row["account_id"],
+        service_type=ServiceType(row["service_type"]),
+        endpoint=row["endpoint"],
+        application_id=row["application_id"],
+        gateway_id=row["gateway_id"],
+        rate=session_rate_from_json(_rate_json(row["rate"])),
+        status=SessionStatus(row["status"]),
+        started_at=row["started_at"],
+        last_update_at=row["last_update_at"],
+        last_sequence=row["last_sequence"],
+        used_units=row["used_units"],
+        granted_units=row["granted_units"],
+        held_micros=row["held_micros"],
         termination_reason=(
-            TerminationReason(row.termination_reason) if row.termination_reason else None
+            TerminationReason(row["termination_reason"]) if row["termination_reason"] else None
         ),
-        pending_hold_micros=row.pending_hold_micros,
-        client_used_units=row.client_used_units,
-        gateway_used_units=row.gateway_used_units,
+        pending_hold_micros=row["pending_hold_micros"],
+        client_used_units=row["client_used_units"],
+        gateway_used_units=row["gateway_used_units"],
+        owner_epoch=row["owner_epoch"],
+        hold_count=row["hold_count"],
+        # A pending amount without a number is a first hold from before migration 0004.
+        pending_hold_number=row["pending_hold_number"] or (1 if row["pending_hold_micros"] else 0),
+        pending_granted_units=row["pending_granted_units"],
+        owner_id=row["owner_id"],
     )
 
 
-def _apply_usage_statement(by_account: bool, by_gateway: bool) -> Any:
-    statement = update(sessions).where(
-        sessions.c.session_id == bindparam("b_session"),
-        sessions.c.status == SessionStatus.ACTIVE.value,
-        sessions.c.last_sequence < bindparam("b_sequence"),
-        sessions.c.client_used_units <= bindparam("b_used"),
+def _record(row: dict[str, Any]) -> ServiceRecord:
+    return ServiceRecord(
+        session_id=row["session_id"],
+        account_id=row["account_id"],
+        service_type=ServiceType(row["service_type"]),
+        endpoint=row["endpoint"],
+        application_id=row["application_id"],
+        gateway_id=row["gateway_id"],
+        rate=session_rate_from_json(_rate_json(row["rate"])),
+        started_at=row["started_at"],
+        ended_at=row["ended_at"],
+        used_units=row["used_units"],
+        billed_units=row["billed_units"],
+        charged_micros=row["charged_micros"],
+        termination_reason=TerminationReason(row["termination_reason"]),
     )
-    if by_account:
-        statement = statement.where(sessions.c.account_id == bindparam("b_account"))
-    if by_gateway:
-        statement = statement.where(sessions.c.gateway_id == bindparam("b_gateway"))
-    return statement.values(
-        last_sequence=bindparam("b_sequence"),
-        client_used_units=bindparam("b_used"),
-        used_units=func.greatest(sessions.c.used_units, bindparam("b_used")),
-        last_update_at=bindparam("b_at"),
-    ).returning(sessions)
 
 
-# Built once: the per-update statement is the hot path of every usage stream.
-_APPLY_USAGE = {
-    (by_account, by_gateway): _apply_usage_statement(by_account, by_gateway)
-    for by_account in (False, True)
-    for by_gateway in (False, True)
-}
+class PostgresSessionStore:
+    """The SessionStore port on PostgreSQL."""
 
-
-class SessionStore:
-    async def relax_durability(self, conn: AsyncConnection) -> None:
-        await conn.execute(text("SET LOCAL synchronous_commit = off"))
-
-    async def full_durability(self, conn: AsyncConnection) -> None:
-        await conn.execute(text("SET LOCAL synchronous_commit = on"))
-
-    async def choose_gateway(
-        self, conn: AsyncConnection, service_type: ServiceType
-    ) -> tuple[str, str] | None:
-        """The enabled gateway for a service type with the fewest active sessions."""
-        load = (
-            select(sessions.c.gateway_id, func.count().label("active"))
-            .where(sessions.c.status == SessionStatus.ACTIVE.value)
-            .group_by(sessions.c.gateway_id)
-            .subquery()
+    def __init__(self, database_url: str, pool_size: int = 10) -> None:
+        dsn = libpq_dsn(database_url)
+        self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+            dsn,
+            min_size=2,
+            max_size=pool_size,
+            kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 5},
+            open=False,
+            timeout=10,
         )
-        row = (
-            await conn.execute(
-                select(gateways.c.gateway_id, gateways.c.address)
-                .outerjoin(load, load.c.gateway_id == gateways.c.gateway_id)
-                .where(
-                    gateways.c.enabled,
-                    (gateways.c.service_types == "*")
-                    | func.strpos(
-                        "," + gateways.c.service_types + ",", f",{service_type.value},"
-                    ).__gt__(0),
-                )
-                .order_by(func.coalesce(load.c.active, 0), gateways.c.gateway_id)
-                .limit(1)
-            )
-        ).one_or_none()
-        return (row.gateway_id, row.address) if row else None
-
-    async def gateway_address(self, conn: AsyncConnection, gateway_id: str) -> str:
-        row = (
-            await conn.execute(
-                select(gateways.c.address).where(gateways.c.gateway_id == gateway_id)
-            )
-        ).one_or_none()
-        return row.address if row else ""
-
-    async def by_request_id(self, conn: AsyncConnection, request_id: str) -> Session | None:
-        row = (
-            await conn.execute(select(sessions).where(sessions.c.request_id == request_id))
-        ).one_or_none()
-        return _session(row) if row else None
-
-    async def insert(self, conn: AsyncConnection, session: Session, request_id: str | None) -> None:
-        await conn.execute(
-            insert(sessions).values(
-                session_id=session.session_id,
-                account_id=session.account_id,
-                service_type=session.service_type.value,
-                endpoint=session.endpoint,
-                application_id=session.application_id,
-                gateway_id=session.gateway_id,
-                rate=session_rate_to_json(session.rate),
-                status=session.status.value,
-                started_at=session.started_at,
-                last_update_at=session.last_update_at,
-                granted_units=session.granted_units,
-                held_micros=session.held_micros,
-                pending_hold_micros=session.pending_hold_micros,
-                request_id=request_id,
-            )
+        # Usage batches need not wait for the WAL flush: usage is cumulative, and the
+        # client's next update repairs a batch lost in a crash of the database itself.
+        self._usage_pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+            dsn,
+            min_size=1,
+            max_size=2,
+            kwargs={
+                "autocommit": True,
+                "row_factory": dict_row,
+                "connect_timeout": 5,
+                "options": "-c synchronous_commit=off",
+            },
+            open=False,
+            timeout=10,
         )
 
-    async def get(
-        self, conn: AsyncConnection, session_id: str, lock: bool = False
-    ) -> Session | None:
-        query = select(sessions).where(sessions.c.session_id == session_id)
-        if lock:
-            # Every change to a session holds this lock, so a primary and a secondary
-            # serving the same session apply its updates one at a time.
-            query = query.with_for_update()
-        row = (await conn.execute(query)).one_or_none()
+    async def open(self) -> None:
+        await self._pool.open(wait=False)
+        await self._usage_pool.open(wait=False)
+
+    async def close(self) -> None:
+        await self._usage_pool.close()
+        await self._pool.close()
+
+    async def _run(
+        self,
+        work: Callable[[Connection], Awaitable[T]],
+        pool: AsyncConnectionPool[Connection] | None = None,
+    ) -> T:
+        """Run work on a pooled connection. A connection a restart broke is thrown away
+        and the work tried once more on a checked one (every piece of work here is one
+        transaction, so a failed one left nothing)."""
+        pool = pool or self._pool
+        for attempt in (1, 2):
+            try:
+                async with pool.connection() as conn:
+                    return await work(conn)
+            except psycopg.OperationalError as error:
+                if attempt == 1:
+                    log.info("service database connection lost (%s); trying again", error)
+                    await pool.check()
+                    continue
+                raise Unavailable(
+                    "The service database cannot be reached; try again shortly."
+                ) from error
+            except PoolTimeout as error:
+                raise Unavailable(
+                    "The service database cannot be reached; try again shortly."
+                ) from error
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _one(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> dict[str, Any] | None:
+        async def work(conn: Connection) -> dict[str, Any] | None:
+            return await (await conn.execute(sql, params)).fetchone()
+
+        return await self._run(work)
+
+    # -- starting ------------------------------------------------------------------------
+
+    async def insert_new(self, session: Session, request_id: str | None) -> bool:
+        row = await self._one(
+            "INSERT INTO sessions (session_id, account_id, service_type, endpoint, "
+            "application_id, gateway_id, rate, status, started_at, last_update_at, "
+            "granted_units, held_micros, pending_hold_micros, pending_hold_number, "
+            "pending_granted_units, owner_id, owner_epoch, request_id) VALUES "
+            "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+            "ON CONFLICT (request_id) DO NOTHING RETURNING session_id",
+            (
+                session.session_id,
+                session.account_id,
+                session.service_type.value,
+                session.endpoint,
+                session.application_id,
+                session.gateway_id,
+                Jsonb(session_rate_to_json(session.rate)),
+                session.status.value,
+                session.started_at,
+                session.last_update_at,
+                session.granted_units,
+                session.held_micros,
+                session.pending_hold_micros,
+                session.pending_hold_number,
+                session.pending_granted_units,
+                session.owner_id,
+                session.owner_epoch,
+                request_id,
+            ),
+        )
+        return row is not None
+
+    async def by_request_id(self, request_id: str) -> Session | None:
+        row = await self._one(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE request_id = %s", (request_id,)
+        )
         return _session(row) if row else None
 
-    async def apply_usage(
-        self,
-        conn: AsyncConnection,
-        session_id: str,
-        sequence: int,
-        used_units: int,
-        at: datetime,
-        account_id: str = "",
-        gateway_id: str = "",
-    ) -> Session | None:
-        """The usual usage update in one statement: applied only to an active session of
-        this account (or gateway) when it is newer and does not go backwards; None when
-        any of that does not hold (the caller then looks closer, under the row lock)."""
-        row = (
-            await conn.execute(
-                _APPLY_USAGE[(bool(account_id), bool(gateway_id))],
-                {
-                    "b_session": session_id,
-                    "b_sequence": sequence,
-                    "b_used": used_units,
-                    "b_at": at,
-                    "b_account": account_id,
-                    "b_gateway": gateway_id,
-                },
+    async def get(self, session_id: str) -> Session | None:
+        row = await self._one(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = %s", (session_id,)
+        )
+        return _session(row) if row else None
+
+    async def delete_unstarted(self, session_id: str) -> None:
+        await self._one(
+            "DELETE FROM sessions WHERE session_id = %s AND hold_count = 0 RETURNING session_id",
+            (session_id,),
+        )
+
+    async def gateways(self) -> list[GatewayInfo]:
+        async def work(conn: Connection) -> list[dict[str, Any]]:
+            cursor = await conn.execute(
+                "SELECT g.gateway_id, g.address, g.service_types, g.enabled, "
+                "coalesce(l.active, 0) AS active FROM gateways g LEFT JOIN "
+                "(SELECT gateway_id, count(*) AS active FROM sessions WHERE status = 'ACTIVE' "
+                "GROUP BY gateway_id) l ON l.gateway_id = g.gateway_id ORDER BY g.gateway_id"
             )
-        ).one_or_none()
-        return _session(row) if row else None
+            return await cursor.fetchall()
 
-    async def save_usage(
-        self,
-        conn: AsyncConnection,
-        session_id: str,
-        sequence: int,
-        used_units: int,
-        at: datetime,
-        from_gateway: bool = False,
-    ) -> Session:
-        """Store a reporter's counter; the session's usage becomes the larger of the two."""
-        counter = sessions.c.gateway_used_units if from_gateway else sessions.c.client_used_units
-        row = (
-            await conn.execute(
-                update(sessions)
-                .where(sessions.c.session_id == session_id)
-                .values(
-                    {
-                        counter: used_units,
-                        sessions.c.last_sequence: sequence,
-                        sessions.c.used_units: func.greatest(sessions.c.used_units, used_units),
-                        sessions.c.last_update_at: at,
-                    }
+        rows = await self._run(work)
+        found = []
+        for row in rows:
+            types = row["service_types"].strip()
+            found.append(
+                GatewayInfo(
+                    gateway_id=row["gateway_id"],
+                    address=row["address"],
+                    service_types=(
+                        None
+                        if types == "*"
+                        else frozenset(
+                            ServiceType(name.strip())
+                            for name in types.split(",")
+                            if name.strip() in ServiceType.__members__
+                        )
+                    ),
+                    enabled=row["enabled"],
+                    active_sessions=int(row["active"]),
                 )
-                .returning(sessions)
             )
-        ).one()
-        return _session(row)
+        return found
 
-    async def add_hold(
+    async def gateway_address(self, gateway_id: str) -> str:
+        row = await self._one("SELECT address FROM gateways WHERE gateway_id = %s", (gateway_id,))
+        return str(row["address"]) if row else ""
+
+    # -- owning and metering ---------------------------------------------------------------
+
+    async def take_over(self, session_id: str, owner: str) -> Session | None:
+        row = await self._one(
+            "UPDATE sessions SET owner_epoch = owner_epoch + 1, owner_id = %s "
+            f"WHERE session_id = %s AND status = 'ACTIVE' RETURNING {_SESSION_COLUMNS}",
+            (owner, session_id),
+        )
+        return _session(row) if row else None
+
+    async def save_usage(self, writes: Sequence[UsageWrite]) -> set[str]:
+        if not writes:
+            return set()
+
+        async def work(conn: Connection) -> set[str]:
+            cursor = await conn.execute(
+                "UPDATE sessions AS s SET "
+                "last_sequence = greatest(s.last_sequence, v.last_sequence), "
+                "client_used_units = greatest(s.client_used_units, v.client_used), "
+                "gateway_used_units = greatest(s.gateway_used_units, v.gateway_used), "
+                "used_units = greatest(s.used_units, v.used), "
+                "last_update_at = greatest(s.last_update_at, v.at) "
+                "FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], "
+                "%s::bigint[], %s::bigint[], %s::timestamptz[]) "
+                "AS v(session_id, epoch, last_sequence, client_used, gateway_used, used, at) "
+                "WHERE s.session_id = v.session_id AND s.owner_epoch = v.epoch "
+                "AND s.status = 'ACTIVE' RETURNING s.session_id",
+                (
+                    [w.session_id for w in writes],
+                    [w.epoch for w in writes],
+                    [w.last_sequence for w in writes],
+                    [w.client_used_units for w in writes],
+                    [w.gateway_used_units for w in writes],
+                    [w.used_units for w in writes],
+                    [w.last_update_at for w in writes],
+                ),
+            )
+            return {row["session_id"] for row in await cursor.fetchall()}
+
+        return await self._run(work, self._usage_pool)
+
+    async def ownership(self, session_ids: Sequence[str]) -> dict[str, Ownership]:
+        async def work(conn: Connection) -> list[dict[str, Any]]:
+            cursor = await conn.execute(
+                "SELECT session_id, owner_epoch, status, gateway_used_units FROM sessions "
+                "WHERE session_id = ANY(%s)",
+                (list(session_ids),),
+            )
+            return await cursor.fetchall()
+
+        return {
+            row["session_id"]: Ownership(
+                row["owner_epoch"], SessionStatus(row["status"]), row["gateway_used_units"]
+            )
+            for row in await self._run(work)
+        }
+
+    # -- holds -----------------------------------------------------------------------------
+
+    async def mark_pending_hold(
+        self, session_id: str, fence: Fence, number: int, amount: int, granted_after: int
+    ) -> bool:
+        # Synchronous commit (the default): the trace must outlive a crash of the database
+        # before the hold is asked for.
+        row = await self._one(
+            "UPDATE sessions SET pending_hold_number = %s, pending_hold_micros = %s, "
+            "pending_granted_units = %s WHERE session_id = %s AND status = %s "
+            "AND owner_epoch = %s AND hold_count = %s RETURNING session_id",
+            (
+                number,
+                amount,
+                granted_after,
+                session_id,
+                fence.status.value,
+                fence.epoch,
+                number - 1,
+            ),
+        )
+        return row is not None
+
+    async def record_hold(
         self,
-        conn: AsyncConnection,
         session_id: str,
-        hold_number: int,
+        fence: Fence,
+        number: int,
         hold_id: str,
         amount: int,
-        granted_units: int,
-    ) -> None:
-        await conn.execute(
-            insert(session_holds).values(
-                session_id=session_id,
-                hold_number=hold_number,
-                hold_id=hold_id,
-                amount_micros=amount,
-                granted_units_after=granted_units,
+        granted_after: int,
+    ) -> Session | None:
+        async def work(conn: Connection) -> Session | None:
+            async with conn.transaction():
+                current = await (
+                    await conn.execute(
+                        "SELECT hold_count FROM sessions WHERE session_id = %s AND status = %s "
+                        "AND owner_epoch = %s FOR UPDATE",
+                        (session_id, fence.status.value, fence.epoch),
+                    )
+                ).fetchone()
+                if current is None:
+                    return None
+                if hold_id and current["hold_count"] < number:
+                    await conn.execute(
+                        "INSERT INTO session_holds (session_id, hold_number, hold_id, "
+                        "amount_micros, granted_units_after) VALUES (%s, %s, %s, %s, %s) "
+                        "ON CONFLICT DO NOTHING",
+                        (session_id, number, hold_id, amount, granted_after),
+                    )
+                    added, count = amount, number
+                else:
+                    added, count = 0, current["hold_count"]
+                row = await (
+                    await conn.execute(
+                        "UPDATE sessions SET held_micros = held_micros + %s, hold_count = %s, "
+                        "granted_units = greatest(granted_units, %s), pending_hold_number = 0, "
+                        "pending_hold_micros = 0, pending_granted_units = 0 "
+                        f"WHERE session_id = %s RETURNING {_SESSION_COLUMNS}",
+                        (added, count, granted_after, session_id),
+                    )
+                ).fetchone()
+                assert row is not None
+                return _session(row)
+
+        return await self._run(work)
+
+    async def clear_pending_hold(self, session_id: str, fence: Fence) -> bool:
+        row = await self._one(
+            "UPDATE sessions SET pending_hold_number = 0, pending_hold_micros = 0, "
+            "pending_granted_units = 0 WHERE session_id = %s AND status = %s "
+            "AND owner_epoch = %s RETURNING session_id",
+            (session_id, fence.status.value, fence.epoch),
+        )
+        return row is not None
+
+    async def holds(self, session_id: str) -> list[tuple[str, int]]:
+        async def work(conn: Connection) -> list[dict[str, Any]]:
+            cursor = await conn.execute(
+                "SELECT hold_id, amount_micros FROM session_holds WHERE session_id = %s "
+                "ORDER BY hold_number",
+                (session_id,),
             )
-        )
-        await conn.execute(
-            update(sessions)
-            .where(sessions.c.session_id == session_id)
-            .values(
-                granted_units=granted_units,
-                held_micros=sessions.c.held_micros + amount,
-                pending_hold_micros=0,
-            )
-        )
+            return await cursor.fetchall()
 
-    async def extend_grant(self, conn: AsyncConnection, session_id: str, granted: int) -> None:
-        await conn.execute(
-            update(sessions)
-            .where(sessions.c.session_id == session_id)
-            .values(granted_units=granted, pending_hold_micros=0)
-        )
+        return [(row["hold_id"], row["amount_micros"]) for row in await self._run(work)]
 
-    async def forget_pending_hold(self, conn: AsyncConnection, session_id: str) -> None:
-        await conn.execute(
-            update(sessions)
-            .where(sessions.c.session_id == session_id)
-            .values(pending_hold_micros=0)
-        )
+    # -- settling ----------------------------------------------------------------------------
 
-    async def delete_unstarted(self, conn: AsyncConnection, session_id: str) -> None:
-        """Remove a session whose first hold was refused: it never started."""
-        await conn.execute(
-            sessions.delete().where(
-                sessions.c.session_id == session_id, sessions.c.granted_units == 0
-            )
+    async def claim_settlement(
+        self, session_id: str, final_used: int, reason: TerminationReason
+    ) -> Session | None:
+        row = await self._one(
+            "UPDATE sessions SET status = 'SETTLING', used_units = greatest(used_units, %s), "
+            "termination_reason = %s, owner_epoch = owner_epoch + 1, last_update_at = now() "
+            f"WHERE session_id = %s AND status = 'ACTIVE' RETURNING {_SESSION_COLUMNS}",
+            (final_used, reason.value, session_id),
         )
+        return _session(row) if row else None
 
-    async def hold_count(self, conn: AsyncConnection, session_id: str) -> int:
-        return int(
-            (
+    async def claim_stale_settlement(self, session_id: str, before: datetime) -> Session | None:
+        row = await self._one(
+            "UPDATE sessions SET owner_epoch = owner_epoch + 1, last_update_at = now(), "
+            "termination_reason = coalesce(termination_reason, 'LIVENESS_TIMEOUT') "
+            "WHERE session_id = %s AND status = 'SETTLING' AND last_update_at < %s "
+            f"RETURNING {_SESSION_COLUMNS}",
+            (session_id, before),
+        )
+        return _session(row) if row else None
+
+    async def finish(self, record: ServiceRecord, fence: Fence) -> ServiceRecord:
+        async def work(conn: Connection) -> ServiceRecord:
+            async with conn.transaction():
                 await conn.execute(
-                    select(func.count()).where(session_holds.c.session_id == session_id)
+                    "INSERT INTO service_records (session_id, account_id, service_type, "
+                    "endpoint, application_id, gateway_id, rate, started_at, ended_at, "
+                    "used_units, billed_units, charged_micros, termination_reason) VALUES "
+                    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
+                    "ON CONFLICT (session_id) DO NOTHING",
+                    (
+                        record.session_id,
+                        record.account_id,
+                        record.service_type.value,
+                        record.endpoint,
+                        record.application_id,
+                        record.gateway_id,
+                        Jsonb(session_rate_to_json(record.rate)),
+                        record.started_at,
+                        record.ended_at,
+                        record.used_units,
+                        record.billed_units,
+                        record.charged_micros,
+                        record.termination_reason.value,
+                    ),
                 )
-            ).scalar_one()
-        )
+                await conn.execute(
+                    "UPDATE sessions SET status = 'ENDED' WHERE session_id = %s "
+                    "AND status = 'SETTLING'",
+                    (record.session_id,),
+                )
+                row = await (
+                    await conn.execute(
+                        "SELECT * FROM service_records WHERE session_id = %s",
+                        (record.session_id,),
+                    )
+                ).fetchone()
+                assert row is not None
+                return _record(row)
 
-    async def holds(self, conn: AsyncConnection, session_id: str) -> list[tuple[str, int]]:
-        rows = await conn.execute(
-            select(session_holds.c.hold_id, session_holds.c.amount_micros)
-            .where(session_holds.c.session_id == session_id)
-            .order_by(session_holds.c.hold_number)
-        )
-        return [(row.hold_id, row.amount_micros) for row in rows]
+        return await self._run(work)
 
-    async def begin_settling(
-        self,
-        conn: AsyncConnection,
-        session_id: str,
-        used_units: int,
-        reason: TerminationReason,
-        at: datetime,
-    ) -> None:
-        await conn.execute(
-            update(sessions)
-            .where(sessions.c.session_id == session_id)
-            .values(
-                status=SessionStatus.SETTLING.value,
-                used_units=used_units,
-                termination_reason=reason.value,
-                last_update_at=at,
-            )
-        )
+    async def record(self, session_id: str) -> ServiceRecord | None:
+        row = await self._one("SELECT * FROM service_records WHERE session_id = %s", (session_id,))
+        return _record(row) if row else None
 
-    async def finish(self, conn: AsyncConnection, session: Session, ended_at: datetime) -> None:
-        """Write the service record and mark the session ended, together."""
-        await conn.execute(
-            pg_insert(service_records)
-            .values(
-                session_id=session.session_id,
-                account_id=session.account_id,
-                service_type=session.service_type.value,
-                endpoint=session.endpoint,
-                application_id=session.application_id,
-                gateway_id=session.gateway_id,
-                rate=session_rate_to_json(session.rate),
-                started_at=session.started_at,
-                ended_at=ended_at,
-                used_units=session.used_units,
-                billed_units=session.billable_units,
-                charged_micros=session.charged_micros,
-                termination_reason=(
-                    session.termination_reason or TerminationReason.CLIENT_STOP
-                ).value,
+    async def claim_idle(
+        self, silent_before: datetime, settling_before: datetime, limit: int
+    ) -> list[str]:
+        async def work(conn: Connection) -> list[dict[str, Any]]:
+            cursor = await conn.execute(
+                "UPDATE sessions SET status = 'SETTLING', "
+                "termination_reason = coalesce(termination_reason, 'LIVENESS_TIMEOUT'), "
+                "last_update_at = now(), owner_epoch = owner_epoch + 1 "
+                "WHERE session_id IN (SELECT session_id FROM sessions WHERE "
+                "(status = 'ACTIVE' AND last_update_at < %s) OR "
+                "(status = 'SETTLING' AND last_update_at < %s) "
+                "ORDER BY last_update_at LIMIT %s FOR UPDATE SKIP LOCKED) "
+                "RETURNING session_id",
+                (silent_before, settling_before, limit),
             )
-            .on_conflict_do_nothing(index_elements=["session_id"])
-        )
-        await conn.execute(
-            update(sessions)
-            .where(sessions.c.session_id == session.session_id)
-            .values(status=SessionStatus.ENDED.value)
-        )
+            return await cursor.fetchall()
 
-    async def record(self, conn: AsyncConnection, session_id: str) -> dict[str, Any] | None:
-        row = (
-            await conn.execute(
-                select(service_records).where(service_records.c.session_id == session_id)
-            )
-        ).one_or_none()
-        return dict(row._mapping) if row else None
+        return [row["session_id"] for row in await self._run(work)]
 
-    async def claim_idle(self, conn: AsyncConnection, before: datetime, limit: int) -> list[str]:
-        """Claim sessions silent since `before` (and settlements a crash left unfinished)
-        for settlement: they move to SETTLING with reason LIVENESS_TIMEOUT and a fresh
-        last_update_at, in one statement, so another instance's sweep skips them."""
-        silent = (
-            select(sessions.c.session_id)
-            .where(
-                sessions.c.status.in_((SessionStatus.ACTIVE.value, SessionStatus.SETTLING.value)),
-                sessions.c.last_update_at < before,
+    async def active_sessions(self) -> list[Session]:
+        async def work(conn: Connection) -> list[dict[str, Any]]:
+            cursor = await conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE status = 'ACTIVE'"
             )
-            .order_by(sessions.c.last_update_at)
-            .limit(limit)
-            .with_for_update(skip_locked=True)
-            .scalar_subquery()
-        )
-        rows = await conn.execute(
-            update(sessions)
-            .where(sessions.c.session_id.in_(silent))
-            .values(
-                status=SessionStatus.SETTLING.value,
-                termination_reason=func.coalesce(
-                    sessions.c.termination_reason, TerminationReason.LIVENESS_TIMEOUT.value
-                ),
-                last_update_at=func.now(),
-            )
-            .returning(sessions.c.session_id)
-        )
-        return [row.session_id for row in rows]
+            return await cursor.fetchall()
+
+        return [_session(row) for row in await self._run(work)]
+
+    async def probe(self) -> None:
+        """Raises Unavailable if the database cannot be reached (for health)."""
+
+        async def work(conn: Connection) -> None:
+            await conn.execute("SELECT 1")
+
+        await self._run(work)

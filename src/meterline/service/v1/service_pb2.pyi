@@ -41,6 +41,10 @@ class _TerminationReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ter
     """An operator ended it."""
     TERMINATION_REASON_GATEWAY: _TerminationReason.ValueType  # 5
     """The gateway ended it."""
+    TERMINATION_REASON_START_FAILED: _TerminationReason.ValueType  # 6
+    """The start could not complete after its first hold was asked for; nothing was
+    charged and the hold was released.
+    """
 
 class TerminationReason(_TerminationReason, metaclass=_TerminationReasonEnumTypeWrapper):
     """Why a service ended."""
@@ -57,6 +61,10 @@ TERMINATION_REASON_OPERATOR: TerminationReason.ValueType  # 4
 """An operator ended it."""
 TERMINATION_REASON_GATEWAY: TerminationReason.ValueType  # 5
 """The gateway ended it."""
+TERMINATION_REASON_START_FAILED: TerminationReason.ValueType  # 6
+"""The start could not complete after its first hold was asked for; nothing was
+charged and the hold was released.
+"""
 Global___TerminationReason: _TypeAlias = TerminationReason  # noqa: Y015
 
 @_typing.final

@@ -1,0 +1,363 @@
+"""Metering: the usage update path. A stream that names a session takes the session over
+(a new fencing epoch in its row) and keeps it in memory; each update is then decided in
+memory and answered at once. Usage goes to the database in batches (UsageBatcher), the
+next slice is reserved ahead in the background (Quota), displays hear of it through
+Presence, which sends in the background too. Only an update that has used the whole
+grant waits, for the slice that pays for it, or is cut off."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from meterline.kernel.errors import NotFound, Unavailable
+from meterline.kernel.principals import Principal
+from service_manager.app.live import LiveSession, LiveSessions
+from service_manager.app.ports import Fence, Funds, Presence, SessionStore, UsageWrite
+from service_manager.app.quota import Quota
+from service_manager.domain import quota as quota_rules
+from service_manager.domain.records import UsageEvent
+from service_manager.domain.sessions import (
+    TERMINATION_MESSAGES,
+    Session,
+    SessionStatus,
+    TerminationReason,
+    UpdateKind,
+    apply_client_usage,
+    classify_update,
+)
+
+log = logging.getLogger(__name__)
+
+FINAL_UNITS_MESSAGE = "These are the last units the balance pays for; fund the account to go on."
+
+
+class SessionMoved(Unavailable):
+    reason = "SESSION_MOVED"
+
+
+def session_moved() -> SessionMoved:
+    return SessionMoved(
+        "This session's usage is now handled by another server; open the stream again."
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Termination:
+    reason: TerminationReason
+    message: str
+    final_unit_indication: bool
+    ended: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Metered:
+    """The answer to one usage update."""
+
+    session: Session
+    balance_micros: int
+    """What the account would have left if the session ended now."""
+    termination: Termination | None
+    seconds_left: int | None
+
+
+@dataclass(slots=True, eq=False)
+class MeterStream:
+    """One open Meter stream (or one unary call that meters): who calls, and the
+    sessions it has attached here."""
+
+    principal: Principal
+    attached: dict[str, LiveSession] = field(default_factory=dict)
+
+
+class Metering:
+    def __init__(
+        self,
+        store: SessionStore,
+        funds: Funds,
+        quota: Quota,
+        presence: Presence,
+        live: LiveSessions,
+        owner_id: str,
+        max_sequence_gap: int,
+    ) -> None:
+        self._store = store
+        self._funds = funds
+        self._quota = quota
+        self._presence = presence
+        self._live = live
+        self.owner_id = owner_id
+        self._max_gap = max_sequence_gap
+        self._attaching: dict[str, asyncio.Future[LiveSession | None]] = {}
+        self.cut_off: CutOff | None = None
+        """Set by the wiring: ends a session whose grant is used up (settlement)."""
+
+    async def update(
+        self, stream: MeterStream, session_id: str, sequence: int, used_units: int
+    ) -> Metered:
+        live = stream.attached.get(session_id)
+        if live is None:
+            live = await self.attach(stream, session_id)
+            if live is None:
+                return await self.ended_answer(session_id)
+        if live.lost:
+            return await self._lost_answer(session_id)
+        session = live.session
+        if session.status is not SessionStatus.ACTIVE:
+            return await self.ended_answer(session_id, live)
+        if classify_update(session, sequence, used_units, self._max_gap) is UpdateKind.APPLY:
+            apply_client_usage(session, sequence, used_units, datetime.now(UTC))
+            self._live.mark_dirty(live)
+            await self.after_usage(live)
+            if live.lost:
+                return await self._lost_answer(session_id)
+        return self.answer(live)
+
+    async def _lost_answer(self, session_id: str) -> Metered:
+        """This instance lost the session: it ended elsewhere, or moved."""
+        stored = await self._store.get(session_id)
+        if stored is not None and not stored.is_active:
+            return await self.ended_answer(session_id)
+        raise session_moved()
+
+    def note_usage(self, live: LiveSession) -> None:
+        """Usage changed outside a stream's update (a gateway's report)."""
+        self._live.mark_dirty(live)
+
+    async def after_usage(self, live: LiveSession) -> None:
+        """Keep the grant ahead of the usage; cut the session off when it has used the
+        whole grant and no slice can be had."""
+        session = live.session
+        if session.used_units >= session.granted_units:
+            await self._quota.cover(live)
+            if session.is_active and session.used_units >= session.granted_units and not live.lost:
+                assert self.cut_off is not None
+                await self.cut_off(live)
+        elif self._quota.near_end(live):
+            self._quota.reserve_ahead(live)
+
+    def answer(self, live: LiveSession) -> Metered:
+        session = live.session
+        balance = quota_rules.display_balance(session, live.account)
+        termination = None
+        if session.status is not SessionStatus.ACTIVE:
+            reason = session.termination_reason or TerminationReason.CLIENT_STOP
+            termination = Termination(reason, TERMINATION_MESSAGES[reason], False, True)
+        elif live.final_units and self._quota.near_end(live):
+            termination = Termination(
+                TerminationReason.BALANCE_EXHAUSTED, FINAL_UNITS_MESSAGE, True, False
+            )
+        self._presence.usage(
+            session,
+            UsageEvent(
+                account_id=session.account_id,
+                session_id=session.session_id,
+                balance_micros=balance,
+                charged_micros=session.charged_micros,
+                used_units=session.used_units,
+                ended=termination is not None and termination.ended,
+                reason=termination.reason if termination else None,
+                final_units=termination is not None and termination.final_unit_indication,
+            ),
+        )
+        return Metered(session, balance, termination, self._seconds_left(live))
+
+    def _seconds_left(self, live: LiveSession) -> int | None:
+        session = live.session
+        if session.rate.unit.value != "SECOND":
+            return None
+        granted, used = session.granted_units, session.used_units
+        base = granted if used <= granted else used
+        available = live.account.available_micros
+        reach = live.reach_cache(granted, base, available)
+        if reach is None:
+            reach = -1 if session.rate.is_free else quota_rules.reachable_units(session, available)
+            live.remember_reach(granted, base, available, reach)
+        if reach < 0:
+            return None
+        return max(reach - used, 0)
+
+    async def ended_answer(self, session_id: str, live: LiveSession | None = None) -> Metered:
+        """The answer for a session that is no longer active: how it ended."""
+        session = live.session if live is not None else await self._store.get(session_id)
+        if session is None:
+            raise NotFound(f"There is no session {session_id!r}.", reason="SESSION_NOT_FOUND")
+        if session.termination_reason is None or session.status is SessionStatus.ACTIVE:
+            stored = await self._store.get(session_id)
+            if stored is not None:
+                session = stored
+        account = await self._funds.account(session.account_id)
+        reason = session.termination_reason or TerminationReason.CLIENT_STOP
+        return Metered(
+            session,
+            account.available_micros,
+            Termination(reason, TERMINATION_MESSAGES[reason], False, True),
+            None,
+        )
+
+    # -- owning sessions -----------------------------------------------------------------
+
+    async def attach(self, stream: MeterStream, session_id: str) -> LiveSession | None:
+        """Use a session on this stream: the live one of this instance if another stream
+        here has it, else take it over from the database. None if it is not active."""
+        while True:
+            live = self._live.get(session_id)
+            if live is not None and not live.lost:
+                stream.principal.require_session(live.session.account_id, live.session.gateway_id)
+                live.streams += 1
+                stream.attached[session_id] = live
+                return live
+            pending = self._attaching.get(session_id)
+            if pending is None:
+                break
+            await asyncio.shield(pending)
+        future: asyncio.Future[LiveSession | None] = asyncio.get_running_loop().create_future()
+        self._attaching[session_id] = future
+        try:
+            live = await self._take_over(stream.principal, session_id)
+            future.set_result(live)
+        except BaseException as error:
+            future.set_result(None)
+            raise error
+        finally:
+            del self._attaching[session_id]
+        if live is not None:
+            live.streams += 1
+            stream.attached[session_id] = live
+        return live
+
+    async def _take_over(self, principal: Principal, session_id: str) -> LiveSession | None:
+        found = await self._store.get(session_id)
+        if found is None:
+            raise NotFound(f"There is no session {session_id!r}.", reason="SESSION_NOT_FOUND")
+        principal.require_session(found.account_id, found.gateway_id)
+        if not found.is_active:
+            return None
+        old = self._live.remove(session_id)
+        if old is not None:
+            old.lost = True
+        session = await self._store.take_over(session_id, self.owner_id)
+        if session is None:
+            return None
+        account = self._live.account(session.account_id) or await self._funds.account(
+            session.account_id
+        )
+        live = self._live.add(LiveSession(session, account))
+        if session.pending_hold_number:
+            if await self._quota.resolve_pending(session, Fence.of(session)) is None:
+                live.lost = True
+        return live
+
+    async def detach(self, stream: MeterStream, batcher: UsageBatcher) -> None:
+        """The stream ended: write what it reported and let the session go when no other
+        stream here uses it."""
+        for live in stream.attached.values():
+            live.streams -= 1
+            if live.streams > 0:
+                continue
+            if live.dirty and not live.lost:
+                try:
+                    await batcher.flush([live])
+                except Unavailable as error:
+                    log.warning("usage of %s not written yet: %s", live.session.session_id, error)
+                    continue  # the batcher keeps it and tries again
+            if live.streams == 0 and live.reserving is None and live.settling is None:
+                if self._live.get(live.session.session_id) is live and not live.dirty:
+                    self._live.remove(live.session.session_id)
+        stream.attached.clear()
+
+
+class CutOff:
+    """Protocol-like base for what ends a session whose grant is used up."""
+
+    async def __call__(self, live: LiveSession) -> None:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class UsageBatcher:
+    """Writes the usage of the live sessions to the database: every interval, for all
+    that changed, in one statement fenced by each session's epoch."""
+
+    def __init__(self, store: SessionStore, live: LiveSessions, interval: float) -> None:
+        self._store = store
+        self._live = live
+        self.interval = interval
+        self._lock = asyncio.Lock()
+
+    async def run(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await self.flush()
+                if failing:
+                    log.info("usage batches are written again")
+                failing = False
+            except Unavailable as error:
+                if not failing:
+                    log.warning("usage batch not written; trying again: %s", error)
+                failing = True
+
+    async def flush(self, only: list[LiveSession] | None = None) -> None:
+        if only is None:
+            ids = self._live.dirty
+            if not ids:
+                return
+            self._live.dirty = set()
+            batch = [live for live in (self._live.get(i) for i in ids) if live is not None]
+        else:
+            batch = [live for live in only if live.dirty]
+            for live in batch:
+                self._live.dirty.discard(live.session.session_id)
+        if not batch:
+            return
+        writes = []
+        for live in batch:
+            live.dirty = False
+            session = live.session
+            writes.append(
+                UsageWrite(
+                    session_id=session.session_id,
+                    epoch=session.owner_epoch,
+                    last_sequence=session.last_sequence,
+                    client_used_units=session.client_used_units,
+                    gateway_used_units=session.gateway_used_units,
+                    used_units=session.used_units,
+                    last_update_at=session.last_update_at,
+                )
+            )
+        try:
+            accepted = await self._store.save_usage(writes)
+        except BaseException:
+            for live in batch:
+                if not live.lost:
+                    self._live.mark_dirty(live)
+            raise
+        for live in batch:
+            if live.session.session_id not in accepted and live.session.is_active:
+                log.info(
+                    "session %s was taken over elsewhere; this instance lets it go",
+                    live.session.session_id,
+                )
+                live.lost = True
+                if self._live.get(live.session.session_id) is live:
+                    self._live.remove(live.session.session_id)
+
+    async def verify(self) -> None:
+        """Let go of live sessions another instance took over or ended, even when they
+        had nothing to write."""
+        lives = self._live.all()
+        if not lives:
+            return
+        owners = await self._store.ownership([live.session.session_id for live in lives])
+        for live in lives:
+            session = live.session
+            owner = owners.get(session.session_id)
+            if owner is not None and owner.epoch == session.owner_epoch:
+                continue
+            if session.is_active and not live.lost and live.settling is None:
+                live.lost = True
+                if live.streams == 0:
+                    self._live.remove(session.session_id)

@@ -1,0 +1,38 @@
+"""The service manager's parts, as the servicer uses them (built in server.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from meterline.kernel.errors import PermissionDenied
+from meterline.kernel.principals import Principal, PrincipalKind
+from service_manager.app.gateway_reports import ReportGatewayUsage
+from service_manager.app.limits import StreamLimits
+from service_manager.app.metering import Metering, UsageBatcher
+from service_manager.app.ports import ActiveUser, Presence, Subscriptions
+from service_manager.app.start import StartSession
+from service_manager.app.stop import StopSession
+
+
+@dataclass(frozen=True)
+class ServiceManagerParts:
+    start: StartSession
+    metering: Metering
+    batcher: UsageBatcher
+    stop: StopSession
+    gateway_usage: ReportGatewayUsage
+    presence: Presence
+    subscriptions: Subscriptions
+    meter_streams: StreamLimits
+    watches: StreamLimits
+
+    async def active(self, principal: Principal, account_id: str) -> list[ActiveUser]:
+        """The collection of active end users a caller may see."""
+        if principal.kind is PrincipalKind.DEVICE:
+            if account_id and account_id != principal.account_id:
+                raise PermissionDenied("A device may list only its own account's sessions.")
+            account_id = principal.account_id
+        users = await self.presence.active(account_id)
+        if principal.kind is PrincipalKind.GATEWAY:
+            users = [user for user in users if user.gateway_id == principal.gateway_id]
+        return users

@@ -1,0 +1,140 @@
+"""Live events for watchers: one Redis subscription connection per instance, shared by
+every WatchAccount and WatchTerminations stream of it; messages are fanned out in the
+process to a bounded queue per watcher (a slow watcher loses its oldest usage events,
+never anyone else's)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from meterline.kernel.errors import Unavailable
+from service_manager.domain.records import TerminationNotice, UsageEvent
+from service_manager.domain.sessions import TerminationReason
+from service_manager.storage.presence import Keys
+
+log = logging.getLogger(__name__)
+
+QUEUE_SIZE = 256
+
+
+class RedisSubscriptions:
+    """The Subscriptions port on Redis pub/sub."""
+
+    def __init__(self, redis: Redis, prefix: str) -> None:
+        self._pubsub = redis.pubsub()
+        self._keys = Keys(prefix)
+        self._watchers: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
+        self._lock = asyncio.Lock()
+        self._reader: asyncio.Task[None] | None = None
+
+    async def close(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reader
+        with contextlib.suppress(RedisError):
+            await self._pubsub.aclose()  # type: ignore[no-untyped-call]
+
+    def account_events(self, account_id: str) -> AsyncIterator[UsageEvent]:
+        return self._account_events(self._keys.account_channel(account_id))
+
+    def gateway_notices(self, gateway_id: str) -> AsyncIterator[TerminationNotice]:
+        return self._gateway_notices(self._keys.gateway_channel(gateway_id))
+
+    async def _account_events(self, channel: str) -> AsyncIterator[UsageEvent]:
+        async for data in self._listen(channel):
+            yield UsageEvent(
+                account_id=data["account_id"],
+                session_id=data["session_id"],
+                balance_micros=data["balance_micros"],
+                charged_micros=data["charged_micros"],
+                used_units=data["used_units"],
+                ended=data["ended"],
+                reason=TerminationReason(data["reason"]) if data.get("reason") else None,
+                final_units=data.get("final_units", False),
+            )
+
+    async def _gateway_notices(self, channel: str) -> AsyncIterator[TerminationNotice]:
+        async for data in self._listen(channel):
+            yield TerminationNotice(
+                session_id=data["session_id"],
+                gateway_id=data["gateway_id"],
+                reason=TerminationReason(data["reason"]),
+                message=data["message"],
+            )
+
+    async def _listen(self, channel: str) -> AsyncIterator[dict[str, Any]]:
+        queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
+        await self._add(channel, queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            await self._remove(channel, queue)
+
+    async def _add(self, channel: str, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        async with self._lock:
+            watchers = self._watchers.setdefault(channel, set())
+            watchers.add(queue)
+            if len(watchers) == 1:
+                try:
+                    await self._pubsub.subscribe(channel)
+                except RedisError as error:
+                    watchers.discard(queue)
+                    if not watchers:
+                        del self._watchers[channel]
+                    raise Unavailable(
+                        "Live events (Redis) cannot be reached; try again shortly."
+                    ) from error
+            if self._reader is None or self._reader.done():
+                self._reader = asyncio.create_task(self._read())
+
+    async def _remove(self, channel: str, queue: asyncio.Queue[dict[str, Any]]) -> None:
+        async with self._lock:
+            watchers = self._watchers.get(channel)
+            if watchers is None:
+                return
+            watchers.discard(queue)
+            if not watchers:
+                del self._watchers[channel]
+                with contextlib.suppress(RedisError):
+                    await self._pubsub.unsubscribe(channel)
+
+    async def _read(self) -> None:
+        failing = False
+        while True:
+            try:
+                message = await self._pubsub.get_message(
+                    ignore_subscribe_messages=True, timeout=1.0
+                )
+                failing = False
+            except (RedisError, OSError) as error:
+                if not failing:
+                    log.warning("event subscription lost; reconnecting: %s", error)
+                failing = True
+                await asyncio.sleep(0.5)
+                continue
+            except RuntimeError:  # no subscription (yet, or any more)
+                await asyncio.sleep(0.1)
+                continue
+            if message is None or message.get("type") != "message":
+                continue
+            channel = message["channel"]
+            channel = channel.decode() if isinstance(channel, bytes) else channel
+            watchers = self._watchers.get(channel)
+            if not watchers:
+                continue
+            data = json.loads(message["data"])
+            for queue in watchers:
+                if queue.full():
+                    with contextlib.suppress(asyncio.QueueEmpty):
+                        queue.get_nowait()
+                queue.put_nowait(data)

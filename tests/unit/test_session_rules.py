@@ -10,20 +10,22 @@ import pytest
 from meterline.kernel.errors import InvalidArgument, UsageWentBackwards
 from meterline.kernel.media import ServiceType, Unit
 from meterline.kernel.pricing import RateTerms, price_units
+from service_manager.domain.quota import (
+    Grant,
+    estimated_seconds_left,
+    needs_next_slice,
+    next_grant,
+    split_capture,
+)
 from service_manager.domain.sessions import (
     MAX_UNITS,
     TERMINATION_MESSAGES,
-    Grant,
     Session,
     SessionRate,
     SessionStatus,
     TerminationReason,
     UpdateKind,
     classify_update,
-    estimated_seconds_left,
-    needs_next_slice,
-    next_grant,
-    split_capture,
 )
 
 pytestmark = pytest.mark.unit

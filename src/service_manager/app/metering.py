@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -91,7 +92,7 @@ class Metering:
         self.owner_id = owner_id
         self._max_gap = max_sequence_gap
         self._attaching: dict[str, asyncio.Future[LiveSession | None]] = {}
-        self.cut_off: CutOff | None = None
+        self.cut_off: Callable[[LiveSession], Awaitable[None]] | None = None
         """Set by the wiring: ends a session whose grant is used up (settlement)."""
 
     async def update(
@@ -245,9 +246,9 @@ class Metering:
             session.account_id
         )
         live = self._live.add(LiveSession(session, account))
-        if session.pending_hold_number:
-            if await self._quota.resolve_pending(session, Fence.of(session)) is None:
-                live.lost = True
+        pending = session.pending_hold_number
+        if pending and await self._quota.resolve_pending(session, Fence.of(session)) is None:
+            live.lost = True
         return live
 
     async def detach(self, stream: MeterStream, batcher: UsageBatcher) -> None:
@@ -263,17 +264,10 @@ class Metering:
                 except Unavailable as error:
                     log.warning("usage of %s not written yet: %s", live.session.session_id, error)
                     continue  # the batcher keeps it and tries again
-            if live.streams == 0 and live.reserving is None and live.settling is None:
-                if self._live.get(live.session.session_id) is live and not live.dirty:
-                    self._live.remove(live.session.session_id)
+            idle = live.streams == 0 and live.reserving is None and live.settling is None
+            if idle and self._live.get(live.session.session_id) is live and not live.dirty:
+                self._live.remove(live.session.session_id)
         stream.attached.clear()
-
-
-class CutOff:
-    """Protocol-like base for what ends a session whose grant is used up."""
-
-    async def __call__(self, live: LiveSession) -> None:  # pragma: no cover - interface
-        raise NotImplementedError
 
 
 class UsageBatcher:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
+from typing import Any
 
 from meterline.kernel.config import QuotaPolicy
 from meterline.kernel.errors import AlreadyExists, InsufficientFunds, Unavailable
@@ -144,9 +146,8 @@ class Quota:
         """Reserve and record one grant for `session` (changed in place). True: granted;
         False: the billing manager refused it (no money); None: fenced out (the session
         moved or ended)."""
-        if session.pending_hold_number:
-            if await self.resolve_pending(session, fence) is None:
-                return None
+        if session.pending_hold_number and await self.resolve_pending(session, fence) is None:
+            return None
         number = session.hold_count + 1
         hold_id = ""
         if grant.amount_micros:
@@ -212,8 +213,8 @@ class Quota:
         self._live.update_account(snapshot)
         live.account = snapshot
 
-    def _spawn(self, work: object) -> None:
-        task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

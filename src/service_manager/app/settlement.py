@@ -112,9 +112,9 @@ class Settlement:
         session_id = session.session_id
         live = self._live.get(session_id)
         fence = Fence.of(session)
-        if session.pending_hold_number:
-            if await self._quota.resolve_pending(session, fence) is None:
-                return await self._join(session_id)
+        pending = session.pending_hold_number
+        if pending and await self._quota.resolve_pending(session, fence) is None:
+            return await self._join(session_id)
         if session.used_units > session.granted_units:
             await self._cover_final_usage(session, fence)
         holds = await self._store.holds(session_id)

@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from meterline.kernel.errors import (
     AlreadyExists,
@@ -65,7 +66,7 @@ class StartSession:
         signer: TokenSigner,
         owner_id: str,
         validity: timedelta,
-        abandon: Callable[[str], Awaitable[None]],
+        abandon: Callable[[str], Coroutine[Any, Any, None]],
     ) -> None:
         self._store = store
         self._funds = funds
@@ -215,8 +216,8 @@ class StartSession:
     def _abandon_later(self, session_id: str) -> None:
         self._spawn(self._abandon(session_id))
 
-    def _spawn(self, work: object) -> None:
-        task = asyncio.ensure_future(work)  # type: ignore[arg-type]
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.ensure_future(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
+from redis.typing import EncodableT, FieldT
 
 from meterline.kernel.errors import Unavailable
 from meterline.kernel.media import ServiceType
@@ -69,7 +70,7 @@ class Keys:
         return f"{self.prefix}:events:gateway:{gateway_id}"
 
 
-def _entry(session: Session) -> dict[str, Any]:
+def _entry(session: Session) -> dict[FieldT, EncodableT]:
     return {
         "account_id": session.account_id,
         "service_type": session.service_type.value,
@@ -89,7 +90,6 @@ class RedisPresence:
         self.keys = Keys(prefix)
         self._changes: list[tuple[str, Any]] = []
         self._usage: dict[str, tuple[str, str, int]] = {}
-        self._wake = asyncio.Event()
         self._failing = False
 
     # -- queued writes -------------------------------------------------------------------
@@ -131,7 +131,6 @@ class RedisPresence:
         if len(self._changes) >= MAX_WAITING:
             self._changes.pop(0)
         self._changes.append(change)
-        self._wake.set()
 
     async def run(self) -> None:
         """The writer: every tick, what changed, in one pipeline."""
@@ -188,6 +187,8 @@ class RedisPresence:
 
     async def active(self, account_id: str = "") -> list[ActiveUser]:
         try:
+            if self._changes:
+                await self.flush()  # what this instance changed is seen at once
             session_ids = [
                 _text(item) for item in await self._redis.zrange(self.keys.active, 0, -1)
             ]

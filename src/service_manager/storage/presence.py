@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +30,9 @@ from service_manager.rates import session_rate_from_json, session_rate_to_json
 log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.05
+USAGE_NOTE_SECONDS = 1.0
+"""The collection's usage figure of a session is written at most this often; displays
+get every tick's newest event."""
 MAX_WAITING = 200_000
 """Queued starts and ends beyond this while Redis is down are dropped (the rebuild from
 the database restores the collection)."""
@@ -89,7 +93,8 @@ class RedisPresence:
         self._redis = redis
         self.keys = Keys(prefix)
         self._changes: list[tuple[str, Any]] = []
-        self._usage: dict[str, tuple[str, str, int]] = {}
+        self._usage: dict[str, tuple[UsageEvent, int]] = {}
+        self._noted: dict[str, float] = {}
         self._failing = False
 
     # -- queued writes -------------------------------------------------------------------
@@ -98,14 +103,11 @@ class RedisPresence:
         self._queue(("add", (session.session_id, session.started_at.timestamp(), _entry(session))))
 
     def usage(self, session: Session, event: UsageEvent) -> None:
-        self._usage[session.session_id] = (
-            session.account_id,
-            usage_event_to_json(event),
-            session.used_units,
-        )
+        self._usage[session.session_id] = (event, session.used_units)
 
     def ended(self, session_id: str, event: UsageEvent, notice: TerminationNotice) -> None:
         self._usage.pop(session_id, None)
+        self._noted.pop(session_id, None)
         self._queue(("remove", session_id))
         self._queue(
             ("publish", (self.keys.account_channel(event.account_id), usage_event_to_json(event)))
@@ -164,10 +166,15 @@ class RedisPresence:
                         pipe.zrem(self.keys.active, value)
                     else:
                         pipe.publish(*value)
-                for session_id, (account_id, event, used) in usage.items():
-                    # Only a session still in the collection gets its usage noted.
-                    pipe.hset(self.keys.session(session_id), "used_units", used)
-                    pipe.publish(self.keys.account_channel(account_id), event)
+                now = time.monotonic()
+                noted = self._noted
+                for session_id, (event, used) in usage.items():
+                    if now - noted.get(session_id, 0.0) >= USAGE_NOTE_SECONDS:
+                        noted[session_id] = now
+                        pipe.hset(self.keys.session(session_id), "used_units", used)
+                    pipe.publish(
+                        self.keys.account_channel(event.account_id), usage_event_to_json(event)
+                    )
                 await pipe.execute()
         except BaseException:
             self._changes[:0] = changes

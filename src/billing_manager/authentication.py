@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from billing_manager.domain import credentials as rules
 from billing_manager.domain.credentials import Credential
 from billing_manager.domain.ledger import AccountStatus
 from billing_manager.storage.credential_store import CredentialStore
 from billing_manager.storage.ledger_store import LedgerStore
+from meterline.kernel.db import run_in_transaction, run_on_connection
 from meterline.kernel.errors import FailedPrecondition, NotFound, Unauthenticated
 from meterline.kernel.principals import PrincipalKind
 from meterline.kernel.tokens import IssuedToken, TokenSigner
@@ -39,17 +40,23 @@ class Authentication:
             gateway_name=gateway_name.strip(),
         )
         secret = rules.new_secret()
-        async with self._engine.begin() as conn:
+
+        async def work(conn: AsyncConnection) -> None:
             if account_id and await self._accounts.account(conn, account_id) is None:
                 raise NotFound(f"There is no account {account_id!r}.", reason="ACCOUNT_NOT_FOUND")
             await self._credentials.insert(conn, credential, rules.hash_secret(secret))
+
+        # A repeat inserts the same client id: after a drop at COMMIT it would fail on the
+        # primary key instead of answering, so it is not repeated then.
+        await run_in_transaction(self._engine, work, repeatable=False)
         log.info("credential %s created for a %s", credential.client_id, kind)
         return credential, secret
 
     async def issue_token(self, client_id: str, secret: str) -> tuple[Credential, IssuedToken]:
         if not client_id or not secret:
             raise Unauthenticated("Give both client_id and client_secret.")
-        async with self._engine.connect() as conn:
+
+        async def read(conn: AsyncConnection) -> Credential:
             found = await self._credentials.find(conn, client_id)
             if found is None or not rules.secret_matches(secret, found[1]):
                 raise Unauthenticated(_WRONG, reason="BAD_CREDENTIALS")
@@ -61,4 +68,7 @@ class Authentication:
                         "The account of this device is suspended; it cannot log in.",
                         reason="ACCOUNT_SUSPENDED",
                     )
+            return credential
+
+        credential = await run_on_connection(self._engine, read)
         return credential, self._signer.issue(credential.principal())

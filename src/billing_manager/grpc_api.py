@@ -92,6 +92,8 @@ def _page(page_size: int, page_token: str) -> tuple[int, int]:
 
 
 class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
+    database_label = "account database"  # in UNAVAILABLE messages
+
     def __init__(self, ledger: Ledger, auth: Authenticator) -> None:
         self._ledger = ledger
         self._auth = auth
@@ -220,6 +222,8 @@ _WIRE_KINDS = {kind: wire for wire, kind in _KINDS.items()}
 
 
 class AuthServicer(auth_pb2_grpc.AuthServiceServicer):
+    database_label = "account database"  # in UNAVAILABLE messages
+
     def __init__(self, authentication: Authentication, auth: Authenticator) -> None:
         self._authentication = authentication
         self._auth = auth

@@ -25,7 +25,7 @@ from billing_manager.domain.ledger import (
 )
 from billing_manager.storage.invoice_store import InvoiceStore
 from billing_manager.storage.ledger_store import LedgerStore, RecordedTransaction, new_id
-from meterline.kernel.db import single_statement_engine
+from meterline.kernel.db import run_in_transaction, run_on_connection, single_statement_engine
 from meterline.kernel.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 
 log = logging.getLogger(__name__)
@@ -49,11 +49,12 @@ class Ledger:
 
     async def _once(self, work: Callable[[AsyncConnection], Awaitable[T]]) -> T:
         """Run a movement in a transaction; if a concurrent request with the same key won
-        the race to the unique index, run it again to return that one's result."""
+        the race to the unique index, run it again to return that one's result. Every
+        movement carries its key, so it is also run again if its connection dropped (a
+        database restart): a repeat returns the first result."""
         for attempt in (1, 2):
             try:
-                async with self._engine.begin() as conn:
-                    return await work(conn)
+                return await run_in_transaction(self._engine, work, repeatable=True)
             except IntegrityError:
                 if attempt == 2:
                     raise
@@ -78,16 +79,22 @@ class Ledger:
         self, display_name: str, currency: str, credit_limit_micros: int
     ) -> AccountView:
         rules.validate_new_account(display_name, currency, credit_limit_micros)
-        async with self._engine.begin() as conn:
+
+        async def work(conn: AsyncConnection) -> AccountView:
             account = await self._store.insert_account(
                 conn, display_name.strip(), currency, credit_limit_micros
             )
-            log.info("account %s created", account.account_id)
             return AccountView(account, await self._store.balances(conn, account.account_id))
 
+        # No key: a repeat would open a second account, so not after a drop at COMMIT.
+        view = await run_in_transaction(self._engine, work, repeatable=False)
+        log.info("account %s created", view.account.account_id)
+        return view
+
     async def get_account(self, account_id: str) -> AccountView:
-        async with self._reads.connect() as conn:
-            found = await self._store.account_view(conn, account_id)
+        found = await run_on_connection(
+            self._reads, lambda conn: self._store.account_view(conn, account_id)
+        )
         if found is None:
             raise NotFound(f"There is no account {account_id!r}.", reason="ACCOUNT_NOT_FOUND")
         return AccountView(*found)
@@ -207,10 +214,12 @@ class Ledger:
         return hold
 
     async def entries(self, account_id: str, after_entry_id: int, limit: int) -> list[LedgerLine]:
-        async with self._engine.connect() as conn:
+        async def read(conn: AsyncConnection) -> list[LedgerLine]:
             if await self._store.account(conn, account_id) is None:
                 raise NotFound(f"There is no account {account_id!r}.", reason="ACCOUNT_NOT_FOUND")
             return await self._store.entries(conn, account_id, after_entry_id, limit)
+
+        return await run_on_connection(self._engine, read)
 
     async def generate_invoice(
         self, account_id: str, start: datetime, end: datetime, key: str
@@ -219,7 +228,8 @@ class Ledger:
         if end <= start:
             raise InvalidArgument("period_end must be after period_start.")
         fingerprint = f"INVOICE|{account_id}|{start.isoformat()}|{end.isoformat()}"
-        async with self._engine.begin() as conn:
+
+        async def work(conn: AsyncConnection) -> Invoice:
             account = await self._locked_account(conn, account_id)
             existing = await self._invoices.by_key(conn, key)
             if existing is not None:
@@ -231,9 +241,12 @@ class Ledger:
                 conn, account, start, end, tuple(lines), key, fingerprint
             )
 
+        return await run_in_transaction(self._engine, work, repeatable=True)
+
     async def get_invoice(self, invoice_id: str) -> Invoice:
-        async with self._engine.connect() as conn:
-            invoice = await self._invoices.by_id(conn, invoice_id)
+        invoice = await run_on_connection(
+            self._engine, lambda conn: self._invoices.by_id(conn, invoice_id)
+        )
         if invoice is None:
             raise NotFound(f"There is no invoice {invoice_id!r}.", reason="INVOICE_NOT_FOUND")
         return invoice

@@ -14,8 +14,9 @@ from billing_manager.storage.models import VERSION_TABLE
 from meterline.auth.v1 import auth_pb2, auth_pb2_grpc
 from meterline.billing.v1 import billing_pb2, billing_pb2_grpc
 from meterline.kernel.config import Settings, load_settings, require_url, token_secret
-from meterline.kernel.db import create_engine_for, upgrade_schema
+from meterline.kernel.db import DatabaseProbe, create_engine_for, upgrade_schema
 from meterline.kernel.grpc_server import Authenticator, start_server
+from meterline.kernel.health import follow_store
 from meterline.kernel.logs import configure_logging
 from meterline.kernel.runtime import ServiceHandle, run_until_signalled
 from meterline.kernel.tokens import TokenSigner
@@ -48,7 +49,13 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
         ],
         SERVICE_NAMES,
     )
-    return ServiceHandle(server, closers=[engine.dispose])
+    handle = ServiceHandle(server, closers=[engine.dispose])
+    probe = DatabaseProbe(url)
+    handle.closers.append(probe.close)
+    handle.tasks.append(
+        asyncio.create_task(follow_store(server, SERVICE_NAMES, probe, "account database"))
+    )
+    return handle
 
 
 def main(address: str | None = None) -> None:

@@ -1,6 +1,7 @@
 """The active tariffs, plans and account assignments held in memory, so that rating
-does no database round trip. Every instance reloads when PostgreSQL notifies it of a
-write (LISTEN/NOTIFY), and checks for missed changes periodically."""
+does no database round trip (and goes on while the database is down). Every instance
+reloads when PostgreSQL notifies it of a write (LISTEN/NOTIFY), and checks for missed
+changes periodically."""
 
 from __future__ import annotations
 
@@ -12,15 +13,28 @@ from typing import Any
 
 import psycopg
 
-from meterline.kernel.db import libpq_dsn
+from meterline.kernel.db import CONNECT_TIMEOUT_SECONDS, libpq_dsn
 from meterline.kernel.errors import InvalidArgument
 from meterline.kernel.media import ServiceType
+from meterline.kernel.store_errors import one_line, store_outage
 from rating_service.domain.plans import RatePlan, validate_plan_id
 from rating_service.domain.tariffs import Tariff, TariffIndex, normalize_key, validate_tariff
 from rating_service.storage.models import CHANGES_CHANNEL
 from rating_service.storage.tariff_store import TariffStore
 
 log = logging.getLogger(__name__)
+
+# The listener's reconnection backoff: doubled after each failed try, up to the cap.
+LISTEN_RETRY_FIRST_SECONDS = 0.5
+LISTEN_RETRY_MAX_SECONDS = 5.0
+
+
+def _log_failure(what: str, error: Exception) -> None:
+    """A database outage is expected now and then: one line. Anything else: the traceback."""
+    if store_outage(error) is not None:
+        log.warning("%s: %s", what, one_line(error))
+    else:
+        log.exception("%s", what, exc_info=error)
 
 
 class TariffCatalog:
@@ -48,26 +62,34 @@ class TariffCatalog:
             await asyncio.sleep(interval_seconds)
             try:
                 await self.refresh_if_changed()
-            except Exception:  # a database blip must not stop the refresher
-                log.exception("tariff refresh failed; keeping the tariffs already loaded")
+            except Exception as error:  # a database blip must not stop the refresher
+                _log_failure("tariff refresh failed; keeping the tariffs already loaded", error)
 
     async def listen(self, database_url: str) -> None:
-        """Reload on every change notification, reconnecting when the connection drops."""
+        """Reload on every change notification. When the connection drops (a database
+        restart), reconnect with backoff, then reload what changed meanwhile."""
+        delay = LISTEN_RETRY_FIRST_SECONDS
         while True:
             try:
                 async with await psycopg.AsyncConnection.connect(
-                    libpq_dsn(database_url), autocommit=True
+                    libpq_dsn(database_url),
+                    autocommit=True,
+                    connect_timeout=CONNECT_TIMEOUT_SECONDS,
                 ) as conn:
                     await conn.execute(f"LISTEN {CHANGES_CHANNEL}")
+                    if delay > LISTEN_RETRY_FIRST_SECONDS:
+                        log.info("tariff change listener reconnected")
+                    delay = LISTEN_RETRY_FIRST_SECONDS
                     await self.refresh_if_changed()  # catch up on what came while away
                     async for _ in conn.notifies():
                         # The writing instance has reloaded already; others reload now.
                         await self.refresh_if_changed()
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("lost the tariff change listener; reconnecting")
-                await asyncio.sleep(2)
+            except Exception as error:
+                _log_failure(f"tariff change listener lost; reconnecting in {delay:g} s", error)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, LISTEN_RETRY_MAX_SECONDS)
 
     async def list_page(
         self,

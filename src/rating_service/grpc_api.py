@@ -121,6 +121,8 @@ def plan_from_wire(wire: rating_pb2.RatePlan) -> RatePlan:
 
 
 class RatingServicer(rating_pb2_grpc.RatingServiceServicer):
+    database_label = "tariff database"  # in UNAVAILABLE messages
+
     def __init__(self, catalog: TariffCatalog, auth: Authenticator) -> None:
         self._catalog = catalog
         self._auth = auth

@@ -6,8 +6,9 @@ import asyncio
 from pathlib import Path
 
 from meterline.kernel.config import Settings, load_settings, require_url, token_secret
-from meterline.kernel.db import create_engine_for, upgrade_schema
+from meterline.kernel.db import DatabaseProbe, create_engine_for, upgrade_schema
 from meterline.kernel.grpc_server import Authenticator, start_server
+from meterline.kernel.health import follow_store
 from meterline.kernel.logs import configure_logging
 from meterline.kernel.runtime import ServiceHandle, run_until_signalled
 from meterline.kernel.tokens import TokenSigner
@@ -41,6 +42,11 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
     handle = ServiceHandle(server, closers=[engine.dispose])
     handle.tasks.append(asyncio.create_task(catalog.keep_fresh()))
     handle.tasks.append(asyncio.create_task(catalog.listen(url)))
+    probe = DatabaseProbe(url)
+    handle.closers.append(probe.close)
+    handle.tasks.append(
+        asyncio.create_task(follow_store(server, [SERVICE_NAME], probe, "tariff database"))
+    )
     return handle
 
 

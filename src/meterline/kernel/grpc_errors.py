@@ -1,6 +1,7 @@
 """The one error catalogue: each domain error becomes one gRPC status code with its
-public sentence and a google.rpc.ErrorInfo; anything unexpected becomes INTERNAL, with
-the detail only in the log."""
+public sentence and a google.rpc.ErrorInfo; a store that cannot be reached becomes
+UNAVAILABLE (`store_errors`); anything else unexpected becomes INTERNAL, with the detail
+only in the log."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from google.rpc import error_details_pb2, status_pb2
 
 from meterline.kernel import errors
 from meterline.kernel.money import AmountError
+from meterline.kernel.store_errors import as_unavailable, one_line
 
 log = logging.getLogger(__name__)
 
@@ -48,10 +50,24 @@ def _status_details(code: grpc.StatusCode, message: str, reason: str) -> bytes:
     return bytes(status.SerializeToString())
 
 
-async def abort(context: grpc.aio.ServicerContext[Any, Any], error: Exception) -> NoReturn:
-    """End the call with the status the catalogue gives for `error`."""
+async def abort(
+    context: grpc.aio.ServicerContext[Any, Any],
+    error: Exception,
+    *,
+    database: str = "database",
+    call: str = "",
+) -> NoReturn:
+    """End the call with the status the catalogue gives for `error`. `database` is what
+    the public message calls the service's database ("account database"); `call` names
+    the method in the log."""
     if isinstance(error, AmountError):
         error = errors.InvalidArgument(str(error), reason="BAD_AMOUNT")
+    if not isinstance(error, errors.MeterlineError):
+        outage = as_unavailable(error, database)
+        if outage is not None:
+            # Expected while a store restarts: one line per call, no traceback.
+            log.warning("%s: %s (%s)", call or "call", outage.message, one_line(error))
+            error = outage
     if isinstance(error, errors.MeterlineError):
         code, message, reason = status_code_for(error), error.message, error.reason
     else:
@@ -72,6 +88,11 @@ def _is_ours(error: BaseException) -> bool:
     return isinstance(error, errors.MeterlineError | AmountError)
 
 
+def _database_of(servicer: object) -> str:
+    """What a servicer's public messages call its database: its `database_label`."""
+    return str(getattr(servicer, "database_label", "database"))
+
+
 Req = TypeVar("Req")
 Resp = TypeVar("Resp")
 Self = TypeVar("Self")
@@ -80,7 +101,8 @@ Self = TypeVar("Self")
 def unary(
     method: Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]],
 ) -> Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[Resp]]:
-    """Wrap a unary servicer method so every error goes through the catalogue."""
+    """Wrap a unary servicer method so every error goes through the catalogue. A servicer
+    may name its database for the public messages in a `database_label` attribute."""
 
     @functools.wraps(method)
     async def wrapper(
@@ -93,7 +115,7 @@ def unary(
                 raise
             if not _is_ours(error):
                 log.debug("unexpected error in %s", method.__qualname__)
-            await abort(context, error)
+            await abort(context, error, database=_database_of(self), call=method.__qualname__)
 
     return wrapper
 
@@ -113,7 +135,7 @@ def streaming(
         except Exception as error:
             if isinstance(error, grpc.aio.AbortError):
                 raise
-            await abort(context, error)
+            await abort(context, error, database=_database_of(self), call=method.__qualname__)
 
     return wrapper
 

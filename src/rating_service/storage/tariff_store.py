@@ -1,5 +1,10 @@
 """Rate plans, tariff versions and account assignments in PostgreSQL. Every write
-notifies CHANGES_CHANNEL, so every rating instance reloads its cache."""
+notifies CHANGES_CHANNEL, so every rating instance reloads its cache.
+
+Every method runs again once if its pooled connection was dropped (a database restart,
+`db.run_on_connection` / `db.run_in_transaction`). The writes are safe to repeat even when
+the first try may have committed: a version whose terms are already in force changes
+nothing, and plans and assignments are upserts."""
 
 from __future__ import annotations
 
@@ -14,6 +19,7 @@ from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from meterline.kernel.bands import rule_from_json, rule_to_json
+from meterline.kernel.db import run_in_transaction, run_on_connection
 from meterline.kernel.errors import InvalidArgument, NotFound
 from meterline.kernel.media import ServiceType, Unit
 from meterline.kernel.pricing import terms_from_json, terms_to_json
@@ -188,12 +194,16 @@ class TariffStore:
         self._engine = engine
 
     async def load(self) -> tuple[list[Tariff], list[RatePlan], dict[str, str]]:
-        async with self._engine.connect() as conn:
-            found = [_tariff(row) for row in await conn.execute(select(tariffs))]
-            plans = [_plan(row) for row in await conn.execute(select(rate_plans))]
-            assigned = {
-                row.account_id: row.plan_id for row in await conn.execute(select(account_plans))
-            }
+        return await run_on_connection(self._engine, self._load)
+
+    async def _load(
+        self, conn: AsyncConnection
+    ) -> tuple[list[Tariff], list[RatePlan], dict[str, str]]:
+        found = [_tariff(row) for row in await conn.execute(select(tariffs))]
+        plans = [_plan(row) for row in await conn.execute(select(rate_plans))]
+        assigned = {
+            row.account_id: row.plan_id for row in await conn.execute(select(account_plans))
+        }
         return found, plans, assigned
 
     async def version(self) -> tuple[Any, ...]:
@@ -206,8 +216,11 @@ class TariffStore:
                 ("accounts", account_plans),
             )
         ]
-        async with self._engine.connect() as conn:
+
+        async def read(conn: AsyncConnection) -> tuple[Any, ...]:
             return tuple(tuple(row) for row in await conn.execute(union_all(*parts)))
+
+        return await run_on_connection(self._engine, read)
 
     async def _notify(self, conn: AsyncConnection) -> None:
         await conn.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANGES_CHANNEL})
@@ -218,34 +231,39 @@ class TariffStore:
         """Write the plans, then add a version of each tariff, in one transaction: all or
         none. The versions of the plans written to are read (and locked) once, decided on
         in memory and written in bulk, so a sheet of 100,000 tariffs takes seconds."""
-        async with self._engine.begin() as conn:
-            for plan in plans:
-                await self._write_plan(conn, plan)
-            now = (await conn.execute(select(func.clock_timestamp()))).scalar_one()
-            known_plans = set((await conn.execute(select(rate_plans.c.plan_id))).scalars())
-            for number, tariff in enumerate(items, start=1):
-                if tariff.plan_id not in known_plans:
-                    raise NotFound(
-                        f"tariff {number}: there is no rate plan {tariff.plan_id!r}; create "
-                        "it first.",
-                        reason="RATE_PLAN_NOT_FOUND",
-                    )
-            rows = await conn.execute(
-                select(tariffs)
-                .where(tariffs.c.plan_id.in_({tariff.plan_id for tariff in items}))
-                .with_for_update()
-            )
-            versions: dict[tuple[str, str, str], list[Tariff]] = {}
-            for row in rows:
-                stored = _tariff(row)
-                versions.setdefault(_key(stored), []).append(stored)
-            changes = _WritePlan(now)
-            written = [
-                changes.add(versions.setdefault(_key(tariff), []), tariff, number)
-                for number, tariff in enumerate(items, start=1)
-            ]
-            await changes.execute(conn)
-            await self._notify(conn)
+        return await run_in_transaction(
+            self._engine, lambda conn: self._write_tariffs(conn, items, plans), repeatable=True
+        )
+
+    async def _write_tariffs(
+        self, conn: AsyncConnection, items: Sequence[Tariff], plans: Sequence[RatePlan]
+    ) -> list[Tariff]:
+        for plan in plans:
+            await self._write_plan(conn, plan)
+        now = (await conn.execute(select(func.clock_timestamp()))).scalar_one()
+        known_plans = set((await conn.execute(select(rate_plans.c.plan_id))).scalars())
+        for number, tariff in enumerate(items, start=1):
+            if tariff.plan_id not in known_plans:
+                raise NotFound(
+                    f"tariff {number}: there is no rate plan {tariff.plan_id!r}; create it first.",
+                    reason="RATE_PLAN_NOT_FOUND",
+                )
+        rows = await conn.execute(
+            select(tariffs)
+            .where(tariffs.c.plan_id.in_({tariff.plan_id for tariff in items}))
+            .with_for_update()
+        )
+        versions: dict[tuple[str, str, str], list[Tariff]] = {}
+        for row in rows:
+            stored = _tariff(row)
+            versions.setdefault(_key(stored), []).append(stored)
+        changes = _WritePlan(now)
+        written = [
+            changes.add(versions.setdefault(_key(tariff), []), tariff, number)
+            for number, tariff in enumerate(items, start=1)
+        ]
+        await changes.execute(conn)
+        await self._notify(conn)
         return written
 
     async def list_page(
@@ -277,14 +295,19 @@ class TariffStore:
                 tariffs.c.effective_from.is_(None) | (tariffs.c.effective_from <= func.now()),
                 tariffs.c.effective_to.is_(None) | (tariffs.c.effective_to > func.now()),
             )
-        async with self._engine.connect() as conn:
+
+        async def read(conn: AsyncConnection) -> list[Tariff]:
             return [_tariff(row) for row in await conn.execute(query)]
 
+        return await run_on_connection(self._engine, read)
+
     async def write_plan(self, plan: RatePlan) -> RatePlan:
-        async with self._engine.begin() as conn:
+        async def work(conn: AsyncConnection) -> RatePlan:
             written = await self._write_plan(conn, plan)
             await self._notify(conn)
-        return written
+            return written
+
+        return await run_in_transaction(self._engine, work, repeatable=True)
 
     async def _write_plan(self, conn: AsyncConnection, plan: RatePlan) -> RatePlan:
         values = _plan_values(plan)
@@ -315,29 +338,33 @@ class TariffStore:
         return _plan(row)
 
     async def plans(self) -> list[RatePlan]:
-        async with self._engine.connect() as conn:
+        async def read(conn: AsyncConnection) -> list[RatePlan]:
             rows = await conn.execute(select(rate_plans).order_by(rate_plans.c.plan_id))
             return [_plan(row) for row in rows]
 
+        return await run_on_connection(self._engine, read)
+
     async def assign(self, account_id: str, plan_id: str) -> None:
-        async with self._engine.begin() as conn:
-            if plan_id:
-                exists = (
-                    await conn.execute(select(func.count()).where(rate_plans.c.plan_id == plan_id))
-                ).scalar_one()
-                if not exists:
-                    raise NotFound(
-                        f"There is no rate plan {plan_id!r}.", reason="RATE_PLAN_NOT_FOUND"
-                    )
-                statement = insert(account_plans).values(account_id=account_id, plan_id=plan_id)
-                await conn.execute(
-                    statement.on_conflict_do_update(
-                        index_elements=["account_id"],
-                        set_={"plan_id": plan_id, "updated_at": func.clock_timestamp()},
-                    )
+        await run_in_transaction(
+            self._engine, lambda conn: self._assign(conn, account_id, plan_id), repeatable=True
+        )
+
+    async def _assign(self, conn: AsyncConnection, account_id: str, plan_id: str) -> None:
+        if plan_id:
+            exists = (
+                await conn.execute(select(func.count()).where(rate_plans.c.plan_id == plan_id))
+            ).scalar_one()
+            if not exists:
+                raise NotFound(f"There is no rate plan {plan_id!r}.", reason="RATE_PLAN_NOT_FOUND")
+            statement = insert(account_plans).values(account_id=account_id, plan_id=plan_id)
+            await conn.execute(
+                statement.on_conflict_do_update(
+                    index_elements=["account_id"],
+                    set_={"plan_id": plan_id, "updated_at": func.clock_timestamp()},
                 )
-            else:
-                await conn.execute(
-                    account_plans.delete().where(account_plans.c.account_id == account_id)
-                )
-            await self._notify(conn)
+            )
+        else:
+            await conn.execute(
+                account_plans.delete().where(account_plans.c.account_id == account_id)
+            )
+        await self._notify(conn)

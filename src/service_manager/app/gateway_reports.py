@@ -52,7 +52,7 @@ class ReportGatewayUsage:
                 raise NotFound(f"There is no session {session_id!r}.", reason="SESSION_NOT_FOUND")
             principal.require_session(session.account_id, session.gateway_id)
             record = await self._settlement.settle(
-                session_id, used_units, TerminationReason.GATEWAY, session.gateway_used_units
+                session_id, used_units, TerminationReason.GATEWAY, "gateway"
             )
             return GatewayReport(record.charged_micros, record)
         # Metered like a stream of one update: the session is used here (taken over if

@@ -252,22 +252,22 @@ class Metering:
         return live
 
     async def detach(self, stream: MeterStream, batcher: UsageBatcher) -> None:
-        """The stream ended: write what it reported and let the session go when no other
-        stream here uses it."""
+        """The stream ended: let the session go when no other stream here uses it, once
+        what it reported is written."""
         for live in stream.attached.values():
             live.streams -= 1
-            if live.streams > 0:
-                continue
-            if live.dirty and not live.lost:
-                try:
-                    await batcher.flush([live])
-                except Unavailable as error:
-                    log.warning("usage of %s not written yet: %s", live.session.session_id, error)
-                    continue  # the batcher keeps it and tries again
-            idle = live.streams == 0 and live.reserving is None and live.settling is None
-            if idle and self._live.get(live.session.session_id) is live and not live.dirty:
-                self._live.remove(live.session.session_id)
+            # A session with usage still to write stays until the next batch has it (the
+            # batcher lets it go then): many streams closing at once make one statement.
+            if live.streams == 0 and not live.dirty:
+                release_if_idle(self._live, live)
         stream.attached.clear()
+
+
+def release_if_idle(registry: LiveSessions, live: LiveSession) -> None:
+    """Forget a live session no stream, reservation or settlement here uses any more."""
+    busy = live.streams > 0 or live.reserving is not None or live.settling is not None
+    if not busy and registry.get(live.session.session_id) is live:
+        registry.remove(live.session.session_id)
 
 
 class UsageBatcher:
@@ -330,6 +330,10 @@ class UsageBatcher:
                     self._live.mark_dirty(live)
             raise
         for live in batch:
+            if live.session.session_id in accepted or not live.session.is_active:
+                if live.streams == 0 and not live.dirty:
+                    release_if_idle(self._live, live)
+                continue
             if live.session.session_id not in accepted and live.session.is_active:
                 log.info(
                     "session %s was taken over elsewhere; this instance lets it go",

@@ -11,7 +11,7 @@ from collections.abc import Coroutine
 from typing import Any
 
 from meterline.kernel.config import QuotaPolicy
-from meterline.kernel.errors import AlreadyExists, InsufficientFunds, Unavailable
+from meterline.kernel.errors import AlreadyExists, FailedPrecondition, Unavailable
 from meterline.kernel.media import Unit
 from service_manager.app.live import LiveSession, LiveSessions, monotonic
 from service_manager.app.ports import Fence, Funds, SessionStore
@@ -141,6 +141,12 @@ class Quota:
             return False
         finally:
             live.reserving = None
+            if (
+                live.streams == 0
+                and not live.dirty
+                and self._live.get(live.session.session_id) is live
+            ):
+                self._live.remove(live.session.session_id)  # its last stream closed meanwhile
 
     async def reserve(self, session: Session, fence: Fence, grant: Grant) -> bool | None:
         """Reserve and record one grant for `session` (changed in place). True: granted;
@@ -165,7 +171,9 @@ class Quota:
                     hold_key(session.session_id, number),
                     session.session_id,
                 )
-            except (InsufficientFunds, AlreadyExists) as error:
+            except (FailedPrecondition, AlreadyExists) as error:
+                # No money (InsufficientFunds), a suspended account, or a retried slice that
+                # asked for another amount: no hold was made.
                 log.info("session %s: slice %d not granted: %s", session.session_id, number, error)
                 if not await self._store.clear_pending_hold(session.session_id, fence):
                     return None
@@ -190,7 +198,7 @@ class Quota:
             hold_id = await self._funds.reserve(
                 session.account_id, amount, hold_key(session.session_id, number), session.session_id
             )
-        except (InsufficientFunds, AlreadyExists) as error:
+        except (FailedPrecondition, AlreadyExists) as error:
             log.info("session %s: pending hold %d not made: %s", session.session_id, number, error)
             if not await self._store.clear_pending_hold(session.session_id, fence):
                 return None

@@ -55,11 +55,11 @@ class Settlement:
         session_id: str,
         final_used: int | None,
         reason: TerminationReason,
-        reported_floor: int = 0,
+        reporter: str = "",
     ) -> ServiceRecord:
-        """End a session with `reason`. `final_used` (if given) may not be below
-        `reported_floor`, the reporter's own last count; the usage settled is never
-        below what was reported."""
+        """End a session with `reason`. `final_used` (if given) may not be below the
+        reporter's own last count ("client" or "gateway"; "" for none); the usage
+        settled is never below what was reported."""
         if final_used is not None:
             validate_used_units(final_used)
         record = await self._store.record(session_id)
@@ -72,6 +72,7 @@ class Settlement:
                 await asyncio.shield(live.reserving)
             if live.dirty:
                 await self._batcher.flush([live])
+            current = live.session
         else:
             found = await self._store.get(session_id)
             if found is None:
@@ -79,8 +80,14 @@ class Settlement:
             if found.is_active and found.owner_id not in ("", self._owner_id):
                 # Another instance holds the stream: let its last batch land.
                 await asyncio.sleep(2 * self._batcher.interval)
+                found = await self._store.get(session_id) or found
+            current = found
         if final_used is not None:
-            ensure_not_backwards(reported_floor, final_used)
+            floor = {
+                "client": current.client_used_units,
+                "gateway": current.gateway_used_units,
+            }.get(reporter, 0)
+            ensure_not_backwards(floor, final_used)
         claimed = await self._store.claim_settlement(session_id, final_used or 0, reason)
         if claimed is None:
             return await self._join(session_id)

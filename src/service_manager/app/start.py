@@ -94,6 +94,10 @@ class StartSession:
         existing = await self._store.by_request_id(request.request_id)
         if existing is not None:
             return await self._repeat(principal, existing, request)
+        first = self._in_flight.get(request.request_id)
+        if first is not None:  # started here while this call read the database
+            started = await asyncio.shield(first)
+            return await self._repeat(principal, started.session, request)
         future: asyncio.Future[Started] = asyncio.get_running_loop().create_future()
         self._in_flight[request.request_id] = future
         try:

@@ -32,8 +32,9 @@ class StopSession:
         principal.require_session(session.account_id, session.gateway_id)
         # A device's or a gateway's final count may not be below its own last report; an
         # operator's is a floor only (0 settles what was reported).
-        floor = {
-            PrincipalKind.DEVICE: session.client_used_units,
-            PrincipalKind.GATEWAY: session.gateway_used_units,
-        }.get(principal.kind, 0)
-        return await self._settlement.settle(session_id, used_units, reason_for(principal), floor)
+        reporter = {PrincipalKind.DEVICE: "client", PrincipalKind.GATEWAY: "gateway"}.get(
+            principal.kind, ""
+        )
+        return await self._settlement.settle(
+            session_id, used_units, reason_for(principal), reporter
+        )

@@ -494,7 +494,6 @@ async def write_waits_or_exits(
             await asyncio.sleep(0.01)
 
 
-@pytest.mark.skip(reason="SIGTERM does not yet write the last usage in every run (issue 6)")
 async def test_graceful_stop_writes_the_last_usage_before_exiting(
     cluster: Cluster, tmp_path: Path
 ) -> None:

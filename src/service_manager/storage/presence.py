@@ -31,8 +31,11 @@ log = logging.getLogger(__name__)
 
 TICK_SECONDS = 0.05
 USAGE_NOTE_SECONDS = 1.0
-"""The collection's usage figure of a session is written at most this often; displays
-get every tick's newest event."""
+"""The collection's usage figure of a session is written at most this often."""
+DISPLAY_EVENT_SECONDS = 0.2
+"""A session's usage event goes to displays at most this often (the newest one; a
+final-unit indication at once): five a second is live to a person, and the usage path
+of a busy instance does not pay for events nobody can read that fast."""
 MAX_WAITING = 200_000
 """Queued starts and ends beyond this while Redis is down are dropped (the rebuild from
 the database restores the collection)."""
@@ -95,6 +98,8 @@ class RedisPresence:
         self._changes: list[tuple[str, Any]] = []
         self._usage: dict[str, tuple[UsageEvent, int]] = {}
         self._noted: dict[str, float] = {}
+        self._shown: dict[str, float] = {}
+        self._pruned_at = time.monotonic()
         self._failing = False
 
     # -- queued writes -------------------------------------------------------------------
@@ -108,6 +113,7 @@ class RedisPresence:
     def ended(self, session_id: str, event: UsageEvent, notice: TerminationNotice) -> None:
         self._usage.pop(session_id, None)
         self._noted.pop(session_id, None)
+        self._shown.pop(session_id, None)
         self._queue(("remove", session_id))
         self._queue(
             ("publish", (self.keys.account_channel(event.account_id), usage_event_to_json(event)))
@@ -151,9 +157,25 @@ class RedisPresence:
                 self._failing = True
                 await asyncio.sleep(0.5)
 
+    def _forget_quiet(self, now: float) -> None:
+        """Drop the send times of sessions quiet for a while (ended elsewhere, moved)."""
+        for times in (self._shown, self._noted):
+            for session_id in [key for key, at in times.items() if now - at > 60]:
+                del times[session_id]
+        self._pruned_at = now
+
     async def flush(self) -> None:
         changes, self._changes = self._changes, []
-        usage, self._usage = self._usage, {}
+        now = time.monotonic()
+        if now - self._pruned_at > 60:
+            self._forget_quiet(now)
+        shown = self._shown
+        usage: dict[str, tuple[UsageEvent, int]] = {}
+        for session_id, value in self._usage.items():
+            if value[0].final_units or now - shown.get(session_id, 0.0) >= DISPLAY_EVENT_SECONDS:
+                usage[session_id] = value
+        for session_id in usage:
+            del self._usage[session_id]
         try:
             async with self._redis.pipeline(transaction=False) as pipe:
                 for kind, value in changes:
@@ -166,9 +188,9 @@ class RedisPresence:
                         pipe.zrem(self.keys.active, value)
                     else:
                         pipe.publish(*value)
-                now = time.monotonic()
                 noted = self._noted
                 for session_id, (event, used) in usage.items():
+                    shown[session_id] = now
                     if now - noted.get(session_id, 0.0) >= USAGE_NOTE_SECONDS:
                         noted[session_id] = now
                         pipe.hset(self.keys.session(session_id), "used_units", used)

@@ -42,16 +42,17 @@ class Quota:
         self._funds = funds
         self._live = live
         self._policy = policy
+        self._slices = {
+            Unit.SECOND: policy.slice_seconds,
+            Unit.BYTE: policy.slice_bytes,
+            Unit.MESSAGE: policy.slice_messages,
+            Unit.EVENT: policy.slice_events,
+        }
         self.reserve_ahead_at = reserve_ahead_at
         self._background: set[asyncio.Task[None]] = set()
 
     def slice_units(self, unit: Unit) -> int:
-        return {
-            Unit.SECOND: self._policy.slice_seconds,
-            Unit.BYTE: self._policy.slice_bytes,
-            Unit.MESSAGE: self._policy.slice_messages,
-            Unit.EVENT: self._policy.slice_events,
-        }[unit]
+        return self._slices[unit]
 
     def first_grant(self, session: Session, budget: int) -> Grant | None:
         return rules.next_grant(

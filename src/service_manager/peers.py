@@ -35,6 +35,9 @@ _ERRORS: dict[grpc.StatusCode, type[errors.MeterlineError]] = {
     grpc.StatusCode.PERMISSION_DENIED: errors.PermissionDenied,
     grpc.StatusCode.UNAVAILABLE: errors.Unavailable,
     grpc.StatusCode.DEADLINE_EXCEEDED: errors.Unavailable,
+    # An overloaded peer sheds or drops calls: that is "try again", not our bug.
+    grpc.StatusCode.CANCELLED: errors.Unavailable,
+    grpc.StatusCode.RESOURCE_EXHAUSTED: errors.Unavailable,
 }
 
 

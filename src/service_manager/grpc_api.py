@@ -134,7 +134,7 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
                     if metered.termination is not None and metered.termination.ended:
                         return
             finally:
-                await metering.detach(stream, self._parts.batcher)
+                await metering.detach(stream)
 
     @unary
     async def StopService(

@@ -708,11 +708,10 @@ def build_instance(
         abandon,
     )
     stop = StopSession(store, settlement)
-    gateway_usage = ReportGatewayUsage(store, metering, batcher, settlement)
+    gateway_usage = ReportGatewayUsage(store, metering, settlement)
     parts = ServiceManagerParts(
         start=starter,
         metering=metering,
-        batcher=batcher,
         stop=stop,
         gateway_usage=gateway_usage,
         presence=presence,
@@ -735,8 +734,8 @@ def build_instance(
         presence=presence,
         live=live,
         quota=quota,
-        batcher=batcher,
         metering=metering,
+        batcher=batcher,
         settlement=settlement,
         start=starter,
         stop=stop,

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 from meterline.kernel.errors import NotFound
 from meterline.kernel.principals import Principal, PrincipalKind
-from service_manager.app.metering import Metering, MeterStream, UsageBatcher
+from service_manager.app.metering import Metering, MeterStream
 from service_manager.app.ports import SessionStore
 from service_manager.app.settlement import Settlement
 from service_manager.domain.records import ServiceRecord
@@ -31,12 +31,10 @@ class ReportGatewayUsage:
         self,
         store: SessionStore,
         metering: Metering,
-        batcher: UsageBatcher,
         settlement: Settlement,
     ) -> None:
         self._store = store
         self._metering = metering
-        self._batcher = batcher
         self._settlement = settlement
 
     async def __call__(
@@ -70,4 +68,4 @@ class ReportGatewayUsage:
             await self._metering.after_usage(live)
             return GatewayReport(live.session.charged_micros, None)
         finally:
-            await self._metering.detach(stream, self._batcher)
+            await self._metering.detach(stream)

@@ -30,7 +30,6 @@ class LiveSession:
     """After a refused reservation: not before this monotonic time again."""
     final_units: bool = False
     """The last reservation found no money for another slice."""
-    settling: asyncio.Task[object] | None = None
     _reach: tuple[int, int, int, int] = field(default=(-1, -1, -1, 0), repr=False)
     _next: tuple[int, int, Grant | None] = field(default=(-1, -1, None), repr=False)
 

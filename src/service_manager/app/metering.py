@@ -251,7 +251,7 @@ class Metering:
             live.lost = True
         return live
 
-    async def detach(self, stream: MeterStream, batcher: UsageBatcher) -> None:
+    async def detach(self, stream: MeterStream) -> None:
         """The stream ended: let the session go when no other stream here uses it, once
         what it reported is written."""
         for live in stream.attached.values():
@@ -265,7 +265,7 @@ class Metering:
 
 def release_if_idle(registry: LiveSessions, live: LiveSession) -> None:
     """Forget a live session no stream, reservation or settlement here uses any more."""
-    busy = live.streams > 0 or live.reserving is not None or live.settling is not None
+    busy = live.streams > 0 or live.reserving is not None
     if not busy and registry.get(live.session.session_id) is live:
         registry.remove(live.session.session_id)
 
@@ -278,7 +278,6 @@ class UsageBatcher:
         self._store = store
         self._live = live
         self.interval = interval
-        self._lock = asyncio.Lock()
 
     async def run(self) -> None:
         failing = False
@@ -355,7 +354,7 @@ class UsageBatcher:
             owner = owners.get(session.session_id)
             if owner is not None and owner.epoch == session.owner_epoch:
                 continue
-            if session.is_active and not live.lost and live.settling is None:
+            if session.is_active and not live.lost:
                 live.lost = True
                 if live.streams == 0:
                     self._live.remove(session.session_id)

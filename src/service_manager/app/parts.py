@@ -8,7 +8,7 @@ from meterline.kernel.errors import PermissionDenied
 from meterline.kernel.principals import Principal, PrincipalKind
 from service_manager.app.gateway_reports import ReportGatewayUsage
 from service_manager.app.limits import StreamLimits
-from service_manager.app.metering import Metering, UsageBatcher
+from service_manager.app.metering import Metering
 from service_manager.app.ports import ActiveUser, Presence, Subscriptions
 from service_manager.app.start import StartSession
 from service_manager.app.stop import StopSession
@@ -18,7 +18,6 @@ from service_manager.app.stop import StopSession
 class ServiceManagerParts:
     start: StartSession
     metering: Metering
-    batcher: UsageBatcher
     stop: StopSession
     gateway_usage: ReportGatewayUsage
     presence: Presence

@@ -47,7 +47,6 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +54,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc
 import psutil
+from bench.common import (
+    Failures,
+    Metadata,
+    close_channels,
+    device_metadata,
+    ms,
+    percentile,
+    verdict,
+)
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tests.support.clients import ensure_tariff, new_account, stubs
-from tests.support.stack import environment, metadata, token_for
+from tests.support.stack import environment
 from tests.support.stores import StoreUrls, test_stores
 
 from meterline.kernel.config import Endpoints
 from meterline.kernel.grpc_server import CHANNEL_OPTIONS, SERVER_OPTIONS
-from meterline.kernel.principals import Principal, PrincipalKind
 from meterline.kernel.processes import free_port, spawn_service, stop_processes, wait_until_serving
 from meterline.rating.v1 import types_pb2
 from meterline.service.v1 import service_pb2, service_pb2_grpc
@@ -84,8 +91,6 @@ RSS_SESSIONS = 10_000
 SETUP_CONCURRENCY = 16
 SAMPLE_SECONDS = 10.0
 GRACE_SECONDS = 10.0
-
-Metadata = tuple[tuple[str, str], ...]
 
 
 # --- the echo server process -------------------------------------------------------
@@ -120,57 +125,8 @@ async def serve_echo(port: int) -> None:
 # --- figures -----------------------------------------------------------------------
 
 
-def percentile(values: Sequence[float], share: float) -> float:
-    """Nearest-rank percentile of `values` (seconds), in milliseconds; nan when empty."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = max(1, math.ceil(share * len(ordered)))
-    return ordered[min(rank, len(ordered)) - 1] * 1000
-
-
-def ms(value: float) -> str:
-    return "n/a" if math.isnan(value) else f"{value:.1f}"
-
-
 def mib(size: int | None) -> str:
     return "n/a" if size is None else f"{size / (1 << 20):,.0f} MiB"
-
-
-def verdict(met: bool) -> str:
-    return "met" if met else "NOT met"
-
-
-def describe(error: BaseException) -> str:
-    if isinstance(error, grpc.aio.AioRpcError):
-        return f"{error.code().name}: {error.details()}"
-    if isinstance(error, TimeoutError):
-        return "no answer within the bench's time limit"
-    return f"{type(error).__name__}: {error}"
-
-
-@dataclass
-class Failures:
-    count: int = 0
-    first: str = ""
-    kinds: dict[str, int] = field(default_factory=dict)
-    """Count per gRPC status (or exception type)."""
-
-    def add(self, error: BaseException) -> None:
-        self.count += 1
-        if not self.first:
-            self.first = describe(error)
-        if isinstance(error, grpc.aio.AioRpcError):
-            kind = error.code().name
-        else:
-            kind = type(error).__name__
-        self.kinds[kind] = self.kinds.get(kind, 0) + 1
-
-    def text(self) -> str:
-        if not self.count:
-            return "none"
-        kinds = ", ".join(f"{kind} {count:,}" for kind, count in sorted(self.kinds.items()))
-        return f"{self.count:,} ({kinds}; first: {self.first})"
 
 
 @dataclass
@@ -297,16 +253,6 @@ async def ready(channels: Sequence[grpc.aio.Channel], seconds: float = 30) -> No
     await asyncio.wait_for(
         asyncio.gather(*(channel.channel_ready() for channel in channels)), seconds
     )
-
-
-async def close_channels(channels: Sequence[grpc.aio.Channel]) -> None:
-    for channel in channels:
-        await channel.close(None)
-
-
-def device_metadata(account_id: str) -> Metadata:
-    principal = Principal(kind=PrincipalKind.DEVICE, subject="bench-device", account_id=account_id)
-    return metadata(token_for(principal, timedelta(hours=2)))
 
 
 async def make_accounts(endpoints: Endpoints, count: int, failures: Failures) -> list[str]:

@@ -1,0 +1,74 @@
+"""What the benches share: percentiles and verdicts, failure counts, device tokens."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+import grpc
+from tests.support.stack import metadata, token_for
+
+from meterline.kernel.principals import Principal, PrincipalKind
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def percentile(values: Sequence[float], share: float) -> float:
+    """Nearest-rank percentile of `values` (seconds), in milliseconds; nan when empty."""
+    if not values:
+        return math.nan
+    ordered = sorted(values)
+    rank = max(1, math.ceil(share * len(ordered)))
+    return ordered[min(rank, len(ordered)) - 1] * 1000
+
+
+def ms(value: float) -> str:
+    return "n/a" if math.isnan(value) else f"{value:.1f}"
+
+
+def verdict(met: bool) -> str:
+    return "met" if met else "NOT met"
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    if isinstance(error, TimeoutError):
+        return "no answer (or end of stream) within the bench's time limit"
+    return f"{type(error).__name__}: {error}"
+
+
+@dataclass
+class Failures:
+    count: int = 0
+    first: str = ""
+    kinds: dict[str, int] = field(default_factory=dict)
+    """Count per gRPC status (or exception type)."""
+
+    def add(self, error: BaseException) -> None:
+        self.count += 1
+        if not self.first:
+            self.first = describe(error)
+        if isinstance(error, grpc.aio.AioRpcError):
+            kind = error.code().name
+        else:
+            kind = type(error).__name__
+        self.kinds[kind] = self.kinds.get(kind, 0) + 1
+
+    def text(self) -> str:
+        if not self.count:
+            return "none"
+        kinds = ", ".join(f"{kind} {count:,}" for kind, count in sorted(self.kinds.items()))
+        return f"{self.count:,} ({kinds}; first: {self.first})"
+
+
+def device_metadata(account_id: str) -> Metadata:
+    principal = Principal(kind=PrincipalKind.DEVICE, subject="bench-device", account_id=account_id)
+    return metadata(token_for(principal, timedelta(hours=2)))
+
+
+async def close_channels(channels: Sequence[grpc.aio.Channel]) -> None:
+    for channel in channels:
+        await channel.close(None)

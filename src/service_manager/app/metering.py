@@ -182,13 +182,12 @@ class Metering:
 
     async def ended_answer(self, session_id: str, live: LiveSession | None = None) -> Metered:
         """The answer for a session that is no longer active: how it ended."""
-        session = live.session if live is not None else await self._store.get(session_id)
+        session = live.session if live is not None else None
+        if session is None or session.termination_reason is None:
+            # Ended elsewhere: the database has how.
+            session = await self._store.get(session_id) or session
         if session is None:
             raise NotFound(f"There is no session {session_id!r}.", reason="SESSION_NOT_FOUND")
-        if session.termination_reason is None or session.status is SessionStatus.ACTIVE:
-            stored = await self._store.get(session_id)
-            if stored is not None:
-                session = stored
         account = await self._funds.account(session.account_id)
         reason = session.termination_reason or TerminationReason.CLIENT_STOP
         return Metered(

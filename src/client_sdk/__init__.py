@@ -7,7 +7,7 @@ async with MeterlineClient(config) as client:
 """
 
 from client_sdk.client import Balance, MeterlineClient
-from client_sdk.config import ClientConfig
+from client_sdk.config import ClientConfig, TlsConfig
 from client_sdk.errors import (
     AuthenticationError,
     MeterlineClientError,
@@ -38,6 +38,7 @@ __all__ = [
     "ServiceSession",
     "ServiceType",
     "TerminationReason",
+    "TlsConfig",
     "Unit",
     "UsageSource",
 ]

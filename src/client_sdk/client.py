@@ -66,8 +66,10 @@ class MeterlineClient:
 
     def __init__(self, config: ClientConfig) -> None:
         self.config = config
-        self.service_pool = ServerPool(config.service_addresses, config.max_failover_attempts)
-        self.auth_pool = ServerPool(config.auth_addresses, config.max_failover_attempts)
+        self.service_pool = ServerPool(
+            config.service_addresses, config.tls, config.max_failover_attempts
+        )
+        self.auth_pool = ServerPool(config.auth_addresses, config.tls, config.max_failover_attempts)
         self.tokens = TokenProvider(
             self.auth_pool,
             config.client_id,

@@ -10,8 +10,9 @@ from typing import TypeVar
 
 import grpc
 
+from client_sdk.channels import open_channel
+from client_sdk.config import TlsConfig
 from client_sdk.errors import ServersUnavailable, from_rpc_error
-from meterline.kernel.grpc_server import client_channel
 from meterline.kernel.retry import is_retryable, retrying
 
 log = logging.getLogger(__name__)
@@ -19,7 +20,8 @@ T = TypeVar("T")
 
 
 class ServerPool:
-    def __init__(self, addresses: Sequence[str], max_attempts: int = 6) -> None:
+    def __init__(self, addresses: Sequence[str], tls: TlsConfig, max_attempts: int = 6) -> None:
+        self._tls = tls
         self._addresses = list(addresses)
         self._index = 0
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -32,7 +34,7 @@ class ServerPool:
     def channel(self) -> grpc.aio.Channel:
         address = self.current
         if address not in self._channels:
-            self._channels[address] = client_channel(address)
+            self._channels[address] = open_channel(address, self._tls)
         return self._channels[address]
 
     def fail_over(self) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from client_sdk import ClientConfig, MeterlineClient, ServiceType
+from client_sdk import ClientConfig, MeterlineClient, ServiceType, TlsConfig
 from meterline.billing.v1 import billing_pb2
 from meterline.kernel.config import Endpoints
 from meterline.kernel.processes import free_port, spawn_service, stop_processes, wait_until_serving
@@ -48,6 +48,7 @@ async def test_primary_dies_mid_session(stores: StoreUrls, tmp_path: Path) -> No
             auth_addresses=[endpoints.billing],
             client_id=client_id,
             client_secret=secret,
+            tls=TlsConfig(plaintext=True),
         )
         async with MeterlineClient(config) as client:
             session = await client.start_service(ServiceType.VOICE, ENDPOINT)

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from client_sdk import ClientConfig, MeterlineClient, ServiceType, TerminationReason
+from client_sdk import ClientConfig, MeterlineClient, ServiceType, TerminationReason, TlsConfig
 from meterline.billing.v1 import billing_pb2
 from meterline.kernel.config import QuotaPolicy
 from meterline.kernel.db import libpq_dsn
@@ -66,6 +66,7 @@ async def _client(stack: InProcessStack, api: Stubs, funded: int) -> MeterlineCl
             client_id=client_id,
             client_secret=secret,
             report_interval=0.05,
+            tls=TlsConfig(plaintext=True),
         )
     )
     await client.login()

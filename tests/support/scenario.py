@@ -10,7 +10,7 @@ import grpc
 import psycopg
 import redis
 
-from client_sdk import ClientConfig, MeterlineClient, ServiceType
+from client_sdk import ClientConfig, MeterlineClient, ServiceType, TlsConfig
 from client_sdk.stream import MeterStream
 from meterline.auth.v1 import auth_pb2, auth_pb2_grpc
 from meterline.billing.v1 import billing_pb2, billing_pb2_grpc
@@ -126,6 +126,7 @@ async def run_prepaid_voice_scenario(
         auth_addresses=[endpoints.billing],
         client_id=client_id,
         client_secret=secret,
+        tls=TlsConfig(plaintext=True),
     )
     async with MeterlineClient(config) as client:
         assert client.account_id == account_id

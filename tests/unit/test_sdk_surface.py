@@ -22,6 +22,7 @@ PUBLIC = {
     "ServiceSession",
     "ServiceType",
     "TerminationReason",
+    "TlsConfig",
     "Unit",
     "UsageSource",
 }

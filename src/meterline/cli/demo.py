@@ -9,7 +9,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from client_sdk import ClientConfig, MeterlineClient, ServiceRecord, ServiceType
+from client_sdk import ClientConfig, MeterlineClient, ServiceRecord, ServiceType, TlsConfig
 from meterline.auth.v1 import auth_pb2
 from meterline.cli.operator import OperatorClient
 from meterline.kernel.config import Endpoints
@@ -50,6 +50,7 @@ async def run_demo(
         client_id=credential.client_id,
         client_secret=credential.client_secret,
         report_interval=0.5,
+        tls=TlsConfig(plaintext=True),
     )
     started = time.monotonic()
 

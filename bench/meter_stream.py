@@ -65,19 +65,23 @@ from bench.common import (
     verdict,
 )
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tests.support import tls
 from tests.support.clients import ensure_tariff, new_account, stubs
-from tests.support.stack import environment
+from tests.support.stack import environment, wait_for
 from tests.support.stores import StoreUrls, test_stores
 
-from meterline.kernel.config import Endpoints
-from meterline.kernel.grpc_server import CHANNEL_OPTIONS, SERVER_OPTIONS
-from meterline.kernel.processes import free_port, spawn_service, stop_processes, wait_until_serving
+from meterline.kernel import runtime
+from meterline.kernel.config import Endpoints, load_settings
+from meterline.kernel.grpc_server import CHANNEL_OPTIONS, SERVER_OPTIONS, listen
+from meterline.kernel.processes import free_port, spawn_service, stop_processes
+from meterline.kernel.tls import server_credentials
 from meterline.rating.v1 import types_pb2
 from meterline.service.v1 import service_pb2, service_pb2_grpc
 
 ECHO_SERVICE = "bench.Echo"
 ECHO_METHOD = f"/{ECHO_SERVICE}/Stream"
-REPLY_BYTES = "x-reply-bytes"
+REPLY = "x-reply-bin"
+"""Metadata carrying the answer the echo server sends to every message."""
 FUNDING = 10**12  # micros per account
 ENDPOINT = "+1555"  # under the +1 tariff, 1 micro per second
 # Large enough that nothing is cut off and no second slice is needed during the run.
@@ -99,8 +103,7 @@ CLOSE_SECONDS = 10.0
 
 async def serve_echo(port: int) -> None:
     async def echo(requests: AsyncIterator[bytes], context: Any) -> AsyncIterator[bytes]:
-        size = dict(context.invocation_metadata() or ()).get(REPLY_BYTES)
-        reply = b"x" * int(size) if size else None
+        reply = dict(context.invocation_metadata() or ()).get(REPLY)
         async for request in requests:
             yield request if reply is None else reply
 
@@ -115,7 +118,9 @@ async def serve_echo(port: int) -> None:
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    # TLS as the services have it (the same settings and kernel helpers), so the
+    # comparison is fair.
+    listen(server, f"127.0.0.1:{port}", server_credentials(load_settings().tls))
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -233,18 +238,34 @@ class MeterStream:
 
 
 class EchoStream:
-    def __init__(self, channel: grpc.aio.Channel, request: int, reply: int, timeout: float) -> None:
-        self.payload = b"x" * request
-        self.reply = reply
-        self.call: Any = channel.stream_stream(ECHO_METHOD)(
-            metadata=((REPLY_BYTES, str(reply)),), timeout=timeout
-        )
+    """The same client work as a MeterStream (build and serialize an update, parse a
+    MeterResponse), against a server that only sends back a fixed, real answer."""
+
+    def __init__(
+        self, channel: grpc.aio.Channel, session: Session, answer: bytes, timeout: float
+    ) -> None:
+        self.session = session
+        self.call: Any = channel.stream_stream(
+            ECHO_METHOD,
+            request_serializer=service_pb2.ResourceUtilizationUpdate.SerializeToString,
+            response_deserializer=service_pb2.MeterResponse.FromString,
+        )(metadata=((REPLY, answer),), timeout=timeout)
 
     async def exchange(self) -> None:
-        await self.call.write(self.payload)
+        session = self.session
+        sequence = session.sequence = session.sequence + 1
+        await self.call.write(
+            service_pb2.ResourceUtilizationUpdate(
+                session_id=session.session_id, sequence=sequence, used_units=sequence
+            )
+        )
         response = await self.call.read()
-        if response is grpc.aio.EOF or len(response) != self.reply:
-            raise RuntimeError("the echo stream ended or answered with the wrong size")
+        if response is grpc.aio.EOF:
+            raise RuntimeError(f"the echo stream ended after message {sequence}")
+        if response.HasField("termination"):
+            raise RuntimeError("the echo answered with a termination")
+        if response.acknowledged_sequence <= 0:
+            raise RuntimeError(f"message {sequence} answered without a sequence")
 
     async def close(self) -> None:
         await self.call.done_writing()
@@ -265,10 +286,7 @@ def open_channels(address: str, streams: int, per_channel: int) -> list[grpc.aio
     """One channel per `per_channel` streams, each its own TCP connection (channels with
     the same arguments otherwise share one)."""
     options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
-    return [
-        grpc.aio.insecure_channel(address, options=options)
-        for _ in range(max(1, math.ceil(streams / per_channel)))
-    ]
+    return [tls.channel(address, options) for _ in range(max(1, math.ceil(streams / per_channel)))]
 
 
 async def warm_up(streams: Sequence[Stream], result: Result, limit: float) -> list[Stream]:
@@ -402,7 +420,7 @@ async def start_sessions(
     """`count` funded accounts, one session each, started on `service_address`, with
     bounded concurrency; a failed one is left out (and counted)."""
     api = stubs(endpoints)
-    channel = grpc.aio.insecure_channel(service_address, options=CHANNEL_OPTIONS)
+    channel = tls.channel(service_address, CHANNEL_OPTIONS)
     service = service_pb2_grpc.ServiceManagerStub(channel)
     gate = asyncio.Semaphore(SETUP_CONCURRENCY)
 
@@ -446,10 +464,11 @@ class Stack:
         log = self.logs / f"{name}.log"
         process = spawn_service(role, env, log)
         self.processes[name] = process
-        wait_until_serving(address, process, log)
+        wait_for(address, process, log)
 
     def spawn_echo(self, address: str) -> None:
         env = {key: value for key, value in os.environ.items() if not key.startswith("METERLINE_")}
+        env.update(tls.tls_environment())
         log = self.logs / "echo.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
@@ -459,7 +478,7 @@ class Stack:
                 stderr=subprocess.STDOUT,
             )
         self.processes["echo"] = process
-        wait_until_serving(address, process, log)
+        wait_for(address, process, log)
 
     def psutil(self, *names: str) -> dict[str, psutil.Process]:
         return {name: psutil.Process(self.processes[name].pid) for name in names}
@@ -537,7 +556,12 @@ def ratio(a: float, b: float) -> float:
 @dataclass
 class Sizes:
     request: int
-    reply: int
+    answer: bytes
+    """A real MeterResponse, serialized: what the echo server answers."""
+
+    @property
+    def reply(self) -> int:
+        return len(self.answer)
 
 
 async def measure_pair(
@@ -555,9 +579,12 @@ async def measure_pair(
     try:
         echo_streams = [
             EchoStream(
-                echo_channels[i // args.streams_per_channel], sizes.request, sizes.reply, timeout
+                echo_channels[i // args.streams_per_channel],
+                Session(session.account_id, session.session_id, ()),
+                sizes.answer,
+                timeout,
             )
-            for i in range(count)
+            for i, session in enumerate(sessions)
         ]
         echo = await run(echo_streams, CpuClock(stack.psutil("echo")))
         meter_stubs = [service_pb2_grpc.ServiceManagerStub(channel) for channel in channels]
@@ -586,7 +613,7 @@ async def preflight(stack: Stack, session: Session) -> Sizes:
         used_units=1000,
     )
     estimate.estimated_time_left.seconds = 10**7
-    channel = grpc.aio.insecure_channel(stack.endpoints.service, options=CHANNEL_OPTIONS)
+    channel = tls.channel(stack.endpoints.service, CHANNEL_OPTIONS)
     try:
         call: Any = service_pb2_grpc.ServiceManagerStub(channel).Meter(
             metadata=session.metadata, timeout=30
@@ -604,10 +631,10 @@ async def preflight(stack: Stack, session: Session) -> Sizes:
         await finished(call)
         if answer is grpc.aio.EOF:
             raise RuntimeError("the Meter stream ended without an answer")
-        return Sizes(update.ByteSize(), answer.ByteSize())
+        return Sizes(update.ByteSize(), answer.SerializeToString())
     except Exception as error:
         print(f"the first Meter update failed ({describe(error)}); answer size estimated")
-        return Sizes(update.ByteSize(), estimate.ByteSize())
+        return Sizes(update.ByteSize(), estimate.SerializeToString())
     finally:
         await channel.close(None)
 
@@ -810,7 +837,7 @@ def main() -> None:
     parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server is not None:
-        asyncio.run(serve_echo(args.echo_server))
+        runtime.run(serve_echo(args.echo_server))
         return
     if len(args.updates) != len(args.streams):
         parser.error("give one --updates value per --streams value")
@@ -844,7 +871,7 @@ def main() -> None:
             flush=True,
         )
         try:
-            asyncio.run(asyncio.wait_for(measure(stack, args), args.time_limit))
+            runtime.run(asyncio.wait_for(measure(stack, args), args.time_limit))
         except TimeoutError:
             print(f"\nstopped: the run's time limit of {args.time_limit:.0f} s passed")
     print(f"\nwhole run: {time.perf_counter() - began:.1f} s")

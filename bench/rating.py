@@ -41,12 +41,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grpc
 import psutil
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from tests.support.stack import TOKEN_SECRET, metadata, operator_token, token_for
+from tests.support import tls
+from tests.support.stack import TOKEN_SECRET, metadata, operator_token, token_for, wait_for
 from tests.support.stores import test_stores
 
-from meterline.kernel.grpc_server import CHANNEL_OPTIONS, SERVER_OPTIONS
+from meterline.kernel import runtime
+from meterline.kernel.config import load_settings
+from meterline.kernel.grpc_server import CHANNEL_OPTIONS, SERVER_OPTIONS, listen
 from meterline.kernel.principals import Principal, PrincipalKind
-from meterline.kernel.processes import free_port, spawn_service, stop_processes, wait_until_serving
+from meterline.kernel.processes import free_port, spawn_service, stop_processes
+from meterline.kernel.tls import server_credentials
 from meterline.rating.v1 import rating_pb2, rating_pb2_grpc, types_pb2
 
 ECHO_SERVICE = "bench.Echo"
@@ -84,7 +88,9 @@ async def serve_echo(port: int) -> None:
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    # TLS as the services have it (the same settings and kernel helpers), so the
+    # comparison is fair.
+    listen(server, f"127.0.0.1:{port}", server_credentials(load_settings().tls))
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -258,8 +264,8 @@ async def measure(
 ) -> None:
     token = metadata(token_for(Principal(kind=PrincipalKind.SERVICE, subject="bench")))
     async with (
-        grpc.aio.insecure_channel(rating_address, options=CHANNEL_OPTIONS) as rating_channel,
-        grpc.aio.insecure_channel(echo_address, options=CHANNEL_OPTIONS) as echo_channel,
+        tls.channel(rating_address, CHANNEL_OPTIONS) as rating_channel,
+        tls.channel(echo_address, CHANNEL_OPTIONS) as echo_channel,
     ):
         stub = rating_pb2_grpc.RatingServiceStub(rating_channel)
         echo_call = echo_channel.unary_unary(ECHO_METHOD)
@@ -418,7 +424,7 @@ def main() -> None:
     parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server is not None:
-        asyncio.run(serve_echo(args.echo_server))
+        runtime.run(serve_echo(args.echo_server))
         return
     if min(args.batches, args.calls) < 0 or min(args.concurrency, args.in_flight, args.rounds) < 1:
         parser.error("counts cannot be negative, and at least one call must be in flight")
@@ -426,6 +432,7 @@ def main() -> None:
     rating_address = f"127.0.0.1:{free_port()}"
     echo_address = f"127.0.0.1:{free_port()}"
     env = {key: value for key, value in os.environ.items() if not key.startswith("METERLINE_")}
+    env.update(tls.tls_environment())  # the rating service and the echo alike
     processes: list[subprocess.Popen[bytes]] = []
     with test_stores() as stores, tempfile.TemporaryDirectory(prefix="bench-rating-") as logs:
         rating_log, echo_log = Path(logs, "rating_service.log"), Path(logs, "echo.log")
@@ -450,8 +457,8 @@ def main() -> None:
                     stderr=subprocess.STDOUT,
                 )
             processes.append(echo)
-            wait_until_serving(rating_address, rating, rating_log)
-            wait_until_serving(echo_address, echo, echo_log)
+            wait_for(rating_address, rating, rating_log)
+            wait_for(echo_address, echo, echo_log)
             print(
                 f"rating service pid {rating.pid} on {rating_address}, "
                 f"echo server pid {echo.pid} on {echo_address}, client pid {os.getpid()}; "
@@ -459,7 +466,7 @@ def main() -> None:
                 flush=True,
             )
             servers = (psutil.Process(rating.pid), psutil.Process(echo.pid))
-            asyncio.run(
+            runtime.run(
                 measure(rating_address, echo_address, servers, args, random.Random(args.seed))
             )
         finally:

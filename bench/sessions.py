@@ -64,13 +64,16 @@ from bench.common import (
     verdict,
 )
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from tests.support import tls
 from tests.support.clients import ensure_tariff, new_account, stubs
-from tests.support.stack import environment
+from tests.support.stack import environment, wait_for
 from tests.support.stores import StoreUrls, test_stores
 
-from meterline.kernel.config import Endpoints
-from meterline.kernel.grpc_server import CHANNEL_OPTIONS, SERVER_OPTIONS
-from meterline.kernel.processes import free_port, spawn_service, stop_processes, wait_until_serving
+from meterline.kernel import runtime
+from meterline.kernel.config import Endpoints, load_settings
+from meterline.kernel.grpc_server import CHANNEL_OPTIONS, SERVER_OPTIONS, listen
+from meterline.kernel.processes import free_port, spawn_service, stop_processes
+from meterline.kernel.tls import server_credentials
 from meterline.rating.v1 import types_pb2
 from meterline.service.v1 import service_pb2, service_pb2_grpc
 
@@ -112,7 +115,9 @@ async def serve_echo(port: int) -> None:
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    # TLS as the services have it (the same settings and kernel helpers), so the
+    # comparison is fair.
+    listen(server, f"127.0.0.1:{port}", server_credentials(load_settings().tls))
     await server.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -217,10 +222,11 @@ class Stack:
         log = self.logs / f"{role}.log"
         process = spawn_service(role, env, log)
         self.processes[role] = process
-        wait_until_serving(address, process, log)
+        wait_for(address, process, log)
 
     def spawn_echo(self, address: str) -> None:
         env = {key: value for key, value in os.environ.items() if not key.startswith("METERLINE_")}
+        env.update(tls.tls_environment())
         log = self.logs / "echo.log"
         with log.open("wb") as out:
             process = subprocess.Popen(
@@ -230,7 +236,7 @@ class Stack:
                 stderr=subprocess.STDOUT,
             )
         self.processes["echo"] = process
-        wait_until_serving(address, process, log)
+        wait_for(address, process, log)
 
     def rss(self) -> int | None:
         """The service manager's resident memory (VmRSS), in bytes."""
@@ -246,7 +252,7 @@ def open_channels(address: str, count: int) -> list[grpc.aio.Channel]:
     """`count` channels, each its own TCP connection (channels with the same arguments
     otherwise share one)."""
     options = [*CHANNEL_OPTIONS, ("grpc.use_local_subchannel_pool", 1)]
-    return [grpc.aio.insecure_channel(address, options=options) for _ in range(max(1, count))]
+    return [tls.channel(address, options) for _ in range(max(1, count))]
 
 
 async def ready(channels: Sequence[grpc.aio.Channel], seconds: float = 30) -> None:
@@ -594,7 +600,7 @@ def main() -> None:
     parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server is not None:
-        asyncio.run(serve_echo(args.echo_server))
+        runtime.run(serve_echo(args.echo_server))
         return
     if min(args.sessions, args.sessions_per_channel) < 1 or args.accounts < 0:
         parser.error("--sessions and --sessions-per-channel must be at least 1")
@@ -630,7 +636,7 @@ def main() -> None:
             flush=True,
         )
         try:
-            asyncio.run(asyncio.wait_for(measure(stack, args, began), args.time_limit))
+            runtime.run(asyncio.wait_for(measure(stack, args, began), args.time_limit))
         except TimeoutError:
             print(f"\nstopped: the run's time limit of {args.time_limit:.0f} s passed")
         print(f"\nmeasured in {time.perf_counter() - began:.1f} s; stopping the services")

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import grpc
 
 from billing_manager.authentication import Authentication
-from billing_manager.domain.ledger import AccountView, Hold, Invoice, Transaction
+from billing_manager.domain.ledger import AccountStatus, AccountView, Hold, Invoice, Transaction
 from billing_manager.ledger import Ledger
 from meterline.auth.v1 import auth_pb2, auth_pb2_grpc
 from meterline.billing.v1 import billing_pb2, billing_pb2_grpc
@@ -33,6 +34,7 @@ def account_to_wire(view: AccountView) -> billing_pb2.Account:
         status=billing_pb2.AccountStatus.Value(f"ACCOUNT_STATUS_{account.status.value}"),
         credit_limit_micros=account.credit_limit_micros,
         create_time=timestamp(account.created_at),
+        postpaid=account.postpaid,
     )
 
 
@@ -46,6 +48,7 @@ def hold_to_wire(hold: Hold) -> billing_pb2.Hold:
         status=billing_pb2.HoldStatus.Value(f"HOLD_STATUS_{hold.status.value}"),
         reference=hold.reference,
         create_time=timestamp(hold.created_at),
+        expire_time=timestamp(hold.expires_at),
     )
 
 
@@ -57,6 +60,7 @@ def transaction_to_wire(transaction: Transaction) -> billing_pb2.Transaction:
         amount_micros=transaction.amount_micros,
         idempotency_key=transaction.idempotency_key,
         create_time=timestamp(transaction.created_at),
+        reference=transaction.reference,
     )
 
 
@@ -81,6 +85,13 @@ def invoice_to_wire(invoice: Invoice) -> billing_pb2.Invoice:
     )
 
 
+_STATUSES = {
+    billing_pb2.ACCOUNT_STATUS_ACTIVE: AccountStatus.ACTIVE,
+    billing_pb2.ACCOUNT_STATUS_SUSPENDED: AccountStatus.SUSPENDED,
+    billing_pb2.ACCOUNT_STATUS_CLOSED: AccountStatus.CLOSED,
+}
+
+
 def _page(page_size: int, page_token: str) -> tuple[int, int]:
     if page_size < 0:
         raise InvalidArgument("page_size cannot be negative.")
@@ -94,9 +105,13 @@ def _page(page_size: int, page_token: str) -> tuple[int, int]:
 class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
     database_label = "account database"  # in UNAVAILABLE messages
 
-    def __init__(self, ledger: Ledger, auth: Authenticator) -> None:
+    def __init__(
+        self, ledger: Ledger, auth: Authenticator, funded: Callable[[str], None] | None = None
+    ) -> None:
         self._ledger = ledger
         self._auth = auth
+        # Told each account funded, once the top-up committed (kernel/account_events.py).
+        self._funded = funded
 
     @unary
     async def CreateAccount(
@@ -121,9 +136,93 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
     ) -> billing_pb2.FundAccountResponse:
         self._auth.principal(context).require_kind(PrincipalKind.OPERATOR, action="fund accounts")
         transaction, view = await self._ledger.fund(
-            request.account_id, request.amount_micros, request.idempotency_key
+            request.account_id,
+            request.amount_micros,
+            request.idempotency_key,
+            request.payment_reference,
         )
+        if self._funded is not None:
+            self._funded(request.account_id)
         return billing_pb2.FundAccountResponse(
+            transaction=transaction_to_wire(transaction), account=account_to_wire(view)
+        )
+
+    @unary
+    async def CreateVouchers(
+        self, request: billing_pb2.CreateVouchersRequest, context: Context
+    ) -> billing_pb2.CreateVouchersResponse:
+        self._auth.principal(context).require_kind(PrincipalKind.OPERATOR, action="create vouchers")
+        expires_at = (
+            from_timestamp(request.expire_time, "expire_time")
+            if request.HasField("expire_time")
+            else None
+        )
+        batch_id, codes = await self._ledger.create_vouchers(
+            request.count, request.amount_micros, request.currency, expires_at
+        )
+        response = billing_pb2.CreateVouchersResponse(
+            batch_id=batch_id,
+            codes=codes,
+            amount_micros=request.amount_micros,
+            currency=request.currency,
+        )
+        if expires_at is not None:
+            response.expire_time.CopyFrom(request.expire_time)
+        return response
+
+    @unary
+    async def AdjustAccount(
+        self, request: billing_pb2.AdjustAccountRequest, context: Context
+    ) -> billing_pb2.AdjustAccountResponse:
+        self._auth.principal(context).require_kind(PrincipalKind.OPERATOR, action="adjust accounts")
+        transaction, view = await self._ledger.adjust(
+            request.account_id, request.amount_micros, request.reason, request.idempotency_key
+        )
+        if self._funded is not None and request.amount_micros > 0:
+            self._funded(request.account_id)
+        return billing_pb2.AdjustAccountResponse(
+            transaction=transaction_to_wire(transaction), account=account_to_wire(view)
+        )
+
+    @unary
+    async def Refund(
+        self, request: billing_pb2.RefundRequest, context: Context
+    ) -> billing_pb2.RefundResponse:
+        self._auth.principal(context).require_kind(PrincipalKind.OPERATOR, action="refund")
+        transaction, view = await self._ledger.refund(
+            request.hold_id, request.amount_micros, request.reason, request.idempotency_key
+        )
+        if self._funded is not None:
+            self._funded(view.account.account_id)
+        return billing_pb2.RefundResponse(
+            transaction=transaction_to_wire(transaction), account=account_to_wire(view)
+        )
+
+    @unary
+    async def SetAccountStatus(
+        self, request: billing_pb2.SetAccountStatusRequest, context: Context
+    ) -> billing_pb2.Account:
+        self._auth.principal(context).require_kind(
+            PrincipalKind.OPERATOR, action="change account statuses"
+        )
+        status = _STATUSES.get(request.status)
+        if status is None:
+            raise InvalidArgument("status must be ACTIVE, SUSPENDED or CLOSED.")
+        return account_to_wire(await self._ledger.set_account_status(request.account_id, status))
+
+    @unary
+    async def RedeemVoucher(
+        self, request: billing_pb2.RedeemVoucherRequest, context: Context
+    ) -> billing_pb2.RedeemVoucherResponse:
+        principal = self._auth.principal(context)
+        principal.require_account(request.account_id)
+        transaction, view = await self._ledger.redeem_voucher(
+            f"{principal.kind.value}:{principal.subject}", request.account_id, request.code
+        )
+        # The same event as FundAccount's: a session in its final units gets its next slice.
+        if self._funded is not None:
+            self._funded(request.account_id)
+        return billing_pb2.RedeemVoucherResponse(
             transaction=transaction_to_wire(transaction), account=account_to_wire(view)
         )
 
@@ -132,8 +231,15 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         self, request: billing_pb2.ReserveRequest, context: Context
     ) -> billing_pb2.Hold:
         self._auth.principal(context).require_kind(*MOVERS, action="put holds on accounts")
+        ttl = request.ttl.ToTimedelta().total_seconds() if request.HasField("ttl") else None
+        if ttl is not None and ttl != int(ttl):
+            raise InvalidArgument("ttl is a whole number of seconds.")
         hold = await self._ledger.reserve(
-            request.account_id, request.amount_micros, request.idempotency_key, request.reference
+            request.account_id,
+            request.amount_micros,
+            request.idempotency_key,
+            request.reference,
+            int(ttl) if ttl is not None else None,
         )
         return hold_to_wire(hold)
 
@@ -211,6 +317,22 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
                 f"There is no invoice {request.invoice_id!r}.", reason="INVOICE_NOT_FOUND"
             ) from None
         return invoice_to_wire(invoice)
+
+    @unary
+    async def ListAccounts(
+        self, request: billing_pb2.ListAccountsRequest, context: Context
+    ) -> billing_pb2.ListAccountsResponse:
+        self._auth.principal(context).require_kind(PrincipalKind.OPERATOR, action="list accounts")
+        if request.page_size < 0:
+            raise InvalidArgument("page_size cannot be negative.")
+        limit = min(request.page_size or 100, 1000)
+        views = await self._ledger.list_accounts(request.page_token, limit + 1)
+        response = billing_pb2.ListAccountsResponse(
+            accounts=[account_to_wire(view) for view in views[:limit]]
+        )
+        if len(views) > limit:
+            response.next_page_token = views[limit - 1].account.account_id
+        return response
 
 
 _KINDS = {

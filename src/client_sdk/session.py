@@ -6,28 +6,51 @@ import asyncio
 import contextlib
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from datetime import timedelta
+import time
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from client_sdk import _wire
+from client_sdk.errors import MeterlineClientError, ServersUnavailable, SessionEnded
 from client_sdk.stream import MeterStream
-from client_sdk.types import BillingUpdate, Rate, ServiceRecord, TerminationReason
-from meterline.service.v1 import service_pb2
+from client_sdk.types import BillingUpdate, Rate, ServiceRecord
 
 if TYPE_CHECKING:
     from client_sdk.client import MeterlineClient
+    from meterline.service.v1 import service_pb2
 
 log = logging.getLogger(__name__)
 
 UsageSource = Callable[[], int] | Callable[[], Awaitable[int]]
 """Returns the cumulative units used since the service started."""
 
+DEFAULT_LIVENESS_SECONDS = 120.0
+"""The servers' default liveness timeout, when a grant does not say how long it is valid."""
+MIN_HEARTBEAT_SECONDS = 0.5
+
 _END = object()
+
+
+def heartbeat_interval(
+    configured: float | None, started: service_pb2.StartServiceResponse
+) -> float:
+    """How often a silent session resends its count: as configured, or a third of the
+    liveness timeout the server granted (its grant is valid that long without an update)."""
+    if configured is not None:
+        return configured
+    liveness = DEFAULT_LIVENESS_SECONDS
+    if started.HasField("quota_valid_until"):
+        valid_until = started.quota_valid_until.ToDatetime(tzinfo=UTC)
+        liveness = (valid_until - datetime.now(UTC)).total_seconds()
+    return max(liveness / 3, MIN_HEARTBEAT_SECONDS)
 
 
 class ServiceSession:
     """Report usage (yourself with `report`, or automatically from a usage source), follow
-    the charge in real time with `updates()`, and `stop()` to settle and get the record."""
+    the charge in real time with `updates()`, and `stop()` to settle and get the record.
+    While the session runs, it resends its last count when it has been silent for the
+    heartbeat interval, so the server never ends it for silence."""
 
     def __init__(
         self,
@@ -46,44 +69,59 @@ class ServiceSession:
         self.granted_units = started.granted_units
         self.last_update: BillingUpdate | None = None
         self.record: ServiceRecord | None = None
+        self.heartbeat_interval = heartbeat_interval(client.config.heartbeat_interval, started)
+        """Seconds of silence after which the session resends its last count."""
         self._stream = MeterStream(client.service_pool, client.tokens, self.session_id)
         self._sequence = 0
         self._used = 0
+        self._last_sent = time.monotonic()
         self._lock = asyncio.Lock()
         self._queue: asyncio.Queue[Any] = asyncio.Queue()
         self._ended = False
         self._failure: BaseException | None = None
         self._source = usage_source
-        self._reporter: asyncio.Task[None] | None = None
+        self._tasks: list[asyncio.Task[None]] = [asyncio.create_task(self._heartbeat())]
         if usage_source is not None:
-            self._reporter = asyncio.create_task(self._report_every(report_interval))
+            self._tasks.append(asyncio.create_task(self._report_every(report_interval)))
 
     @property
     def ended(self) -> bool:
         return self._ended
 
+    @property
+    def server(self) -> str | None:
+        """The server the usage stream is open on now (None between streams)."""
+        return self._stream.address
+
+    @property
+    def used_units(self) -> int:
+        """The cumulative usage the server last acknowledged from this session."""
+        return self._used
+
     async def report(self, used_units: int) -> BillingUpdate:
         """Send the cumulative usage now; returns the server's answer."""
         async with self._lock:
             if self._ended:
-                raise RuntimeError(f"session {self.session_id} has ended")
+                raise SessionEnded(f"Session {self.session_id} has ended.", "SESSION_ENDED")
             if used_units < self._used:
                 raise ValueError(
                     f"used_units is cumulative: {used_units} is less than the {self._used} "
                     "already reported"
                 )
-            sequence = self._sequence + 1
-            response = await self._stream.send(sequence, used_units)
-            self._sequence = sequence
+            # The sequence is spent even if the update fails: a later update with another
+            # count must not arrive under a number the server may already have applied.
+            self._sequence += 1
+            response = await self._stream.send(self._sequence, used_units)
             self._used = used_units
-            update = self._to_update(response)
+            self._last_sent = time.monotonic()
+            update = _wire.billing_update(self.session_id, self.rate.currency, response)
             self.granted_units = update.granted_units
             self._publish(update)
             if update.ended:
                 self._finish()
             return update
 
-    async def updates(self) -> AsyncIterator[BillingUpdate]:
+    async def updates(self) -> AsyncGenerator[BillingUpdate, None]:
         """Each billing update as it arrives, until the service ends."""
         while True:
             item = await self._queue.get()
@@ -96,11 +134,10 @@ class ServiceSession:
     async def stop(self, used_units: int | None = None) -> ServiceRecord:
         """End the service and settle it. `used_units` is the final cumulative usage; by
         default the usage source's last reading, or the last reported usage."""
-        if self._reporter is not None:
-            self._reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reporter
+        await self._cancel_tasks()
         async with self._lock:
+            if self.record is not None:
+                return self.record
             if used_units is None:
                 used_units = await self._read_source() if self._source else self._used
             used_units = max(used_units, self._used)
@@ -139,6 +176,23 @@ class ServiceSession:
 
     # -- internals ---------------------------------------------------------------------
 
+    async def _detach(self) -> None:
+        """Stop reporting and close the stream, without ending the service (the client
+        is closing)."""
+        await self._cancel_tasks()
+        await self._stream.close()
+
+    async def _cancel_tasks(self) -> None:
+        current = asyncio.current_task()
+        for task in self._tasks:
+            if task is not current:
+                task.cancel()
+        for task in self._tasks:
+            if task is not current:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        self._tasks.clear()
+
     async def _read_source(self) -> int:
         assert self._source is not None
         value = self._source()
@@ -154,7 +208,31 @@ class ServiceSession:
         except asyncio.CancelledError:
             raise
         except Exception as error:  # surfaced through updates()
-            log.warning("session %s: automatic usage report failed: %s", self.session_id, error)
+            self._fail(error, "automatic usage report")
+
+    async def _heartbeat(self) -> None:
+        """Resend the last count (with the next sequence, so the server counts it as a
+        sign of life) whenever the session has been silent for the heartbeat interval."""
+        while not self._ended:
+            silent = time.monotonic() - self._last_sent
+            if silent < self.heartbeat_interval:
+                await asyncio.sleep(self.heartbeat_interval - silent)
+                continue
+            try:
+                await self.report(self._used)
+            except SessionEnded:
+                return
+            except ServersUnavailable as error:
+                # No server now; the next heartbeat tries again (the grant outlives it).
+                log.warning("session %s: heartbeat not delivered: %s", self.session_id, error)
+                self._last_sent = time.monotonic()
+            except MeterlineClientError as error:
+                self._fail(error, "heartbeat")
+                return
+
+    def _fail(self, error: BaseException, what: str) -> None:
+        log.warning("session %s: %s failed: %s", self.session_id, what, error)
+        if self._failure is None:
             self._failure = error
             self._queue.put_nowait(_END)
 
@@ -163,29 +241,6 @@ class ServiceSession:
         self._queue.put_nowait(update)
 
     def _finish(self) -> None:
-        self._ended = True
-        self._queue.put_nowait(_END)
-
-    def _to_update(self, response: service_pb2.MeterResponse) -> BillingUpdate:
-        termination = response.termination if response.HasField("termination") else None
-        reason = None
-        if termination is not None and termination.reason:
-            name = service_pb2.TerminationReason.Name(termination.reason)
-            reason = TerminationReason(name.removeprefix("TERMINATION_REASON_"))
-        time_left = None
-        if response.HasField("estimated_time_left"):
-            time_left = timedelta(seconds=response.estimated_time_left.seconds)
-        return BillingUpdate(
-            session_id=self.session_id,
-            sequence=response.acknowledged_sequence,
-            used_units=response.used_units,
-            charged_micros=response.charged_micros,
-            balance_micros=response.balance_micros,
-            granted_units=response.granted_units,
-            currency=self.rate.currency,
-            time_left=time_left,
-            final_units=bool(termination and termination.final_unit_indication),
-            ended=bool(termination and termination.ended),
-            termination_reason=reason,
-            message=termination.message if termination else "",
-        )
+        if not self._ended:
+            self._ended = True
+            self._queue.put_nowait(_END)

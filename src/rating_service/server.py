@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 from pathlib import Path
 
 from meterline.kernel.config import Settings, load_settings, require_url, token_secret
@@ -11,6 +12,7 @@ from meterline.kernel.grpc_server import Authenticator, start_server
 from meterline.kernel.health import follow_store
 from meterline.kernel.logs import configure_logging
 from meterline.kernel.runtime import ServiceHandle, run_until_signalled
+from meterline.kernel.tls import server_credentials
 from meterline.kernel.tokens import TokenSigner
 from meterline.rating.v1 import rating_pb2, rating_pb2_grpc
 from rating_service.catalog import TariffCatalog
@@ -27,6 +29,7 @@ def migrate(database_url: str) -> None:
 
 
 async def start(settings: Settings, address: str | None = None) -> ServiceHandle:
+    credentials = server_credentials(settings.tls)  # refuses before any store is touched
     url = require_url(settings.stores.rating_database_url, "METERLINE_RATING_DATABASE_URL")
     if settings.migrate_on_start:
         await asyncio.to_thread(migrate, url)
@@ -38,6 +41,7 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
         address or settings.endpoints.rating,
         [lambda server: rating_pb2_grpc.add_RatingServiceServicer_to_server(servicer, server)],
         [SERVICE_NAME],
+        credentials,
     )
     handle = ServiceHandle(server, closers=[engine.dispose])
     handle.tasks.append(asyncio.create_task(catalog.keep_fresh()))
@@ -51,6 +55,10 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
 
 
 def main(address: str | None = None) -> None:
-    settings = load_settings()
-    configure_logging(settings.log_level)
-    run_until_signalled(lambda: start(settings, address))
+    def begin() -> Awaitable[ServiceHandle]:
+        # Inside run_until_signalled, so a setting that cannot be used is one line.
+        settings = load_settings()
+        configure_logging(settings.log_level)
+        return start(settings, address)
+
+    run_until_signalled(begin)

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2
 
-from meterline.kernel.errors import InvalidArgument, NotFound, PermissionDenied
+from meterline.kernel.errors import InvalidArgument
 from meterline.kernel.grpc_errors import streaming, unary
 from meterline.kernel.grpc_server import Authenticator
+from meterline.kernel.media import ServiceType
 from meterline.kernel.principals import PrincipalKind
+from meterline.kernel.tickets import ALGORITHM, ISSUER
 from meterline.kernel.wire import duration, service_type_from_wire, service_type_to_wire, timestamp
 from meterline.service.v1 import service_pb2, service_pb2_grpc
+from service_manager.app.components import ComponentCatalog
+from service_manager.app.gateways import GatewayStatus
 from service_manager.app.metering import Metered, MeterStream
 from service_manager.app.parts import ServiceManagerParts
 from service_manager.app.start import StartRequest
+from service_manager.domain.components import ComponentKey, Manifest, PublishedComponent
+from service_manager.domain.gateways import GatewayChange, GatewayState, new_gateway
+from service_manager.domain.identities import AccountIdentity, IdentityKind
+from service_manager.domain.notices import GatewayNotice, NoticeKind
 from service_manager.domain.records import ServiceRecord
 from service_manager.domain.sessions import TerminationReason
 from service_manager.rates import session_rate_to_wire
@@ -30,8 +40,87 @@ _REASONS = {
 }
 
 
+_NOTICE_KINDS = {kind: service_pb2.NoticeKind.Value(f"NOTICE_KIND_{kind}") for kind in NoticeKind}
+_IDENTITY_KINDS = {
+    kind: service_pb2.IdentityKind.Value(f"IDENTITY_KIND_{kind}") for kind in IdentityKind
+}
+_IDENTITY_KINDS_BACK = {value: kind for kind, value in _IDENTITY_KINDS.items()}
+_GATEWAY_STATES = {
+    state: service_pb2.GatewayState.Value(f"GATEWAY_STATE_{state}") for state in GatewayState
+}
+_GATEWAY_STATES_BACK = {value: state for state, value in _GATEWAY_STATES.items()}
+
+
 def reason_to_wire(reason: TerminationReason) -> service_pb2.TerminationReason.ValueType:
     return _REASONS[reason]
+
+
+def identity_from_wire(identity: service_pb2.SubscriberIdentity) -> tuple[IdentityKind, str]:
+    kind = _IDENTITY_KINDS_BACK.get(identity.kind)
+    if kind is None:
+        raise InvalidArgument(
+            "identity.kind is missing or unknown: give MSISDN, IMSI, SIP_URI or USER_NAME."
+        )
+    return kind, identity.value
+
+
+def account_identity_to_wire(found: AccountIdentity) -> service_pb2.AccountIdentity:
+    return service_pb2.AccountIdentity(
+        account_id=found.account_id,
+        identity=service_pb2.SubscriberIdentity(
+            kind=_IDENTITY_KINDS[found.identity.kind], value=found.identity.value
+        ),
+        create_time=timestamp(found.created_at),
+    )
+
+
+def service_types_from_wire(kinds: Iterable[int]) -> frozenset[ServiceType] | None:
+    """Wire service types; none given means every one."""
+    found = frozenset(service_type_from_wire(kind) for kind in kinds)
+    return found or None
+
+
+def gateway_to_wire(status: GatewayStatus) -> service_pb2.RegisteredGateway:
+    gateway = status.gateway
+    wire = service_pb2.RegisteredGateway(
+        gateway_id=gateway.gateway_id,
+        address=gateway.address,
+        service_types=sorted(service_type_to_wire(kind) for kind in gateway.service_types or ()),
+        enabled=gateway.enabled,
+        active_sessions=gateway.active_sessions,
+        state=_GATEWAY_STATES[gateway.state],
+        region=gateway.region,
+        capacity=gateway.capacity,
+        healthy=status.healthy,
+        skip_liveness_check=gateway.skip_liveness_check,
+        unhealthy_reason=status.reason,
+    )
+    if gateway.last_seen_at is not None:
+        wire.last_seen_time.CopyFrom(timestamp(gateway.last_seen_at))
+    return wire
+
+
+def notice_to_wire(notice: GatewayNotice) -> service_pb2.Termination:
+    wire = service_pb2.Termination(
+        session_id=notice.session_id,
+        reason=(
+            _REASONS[notice.reason] if notice.reason else service_pb2.TERMINATION_REASON_UNSPECIFIED
+        ),
+        message=notice.message,
+        final_unit_indication=notice.kind is NoticeKind.FINAL_UNITS,
+        gateway_id=notice.gateway_id,
+        ended=notice.kind is NoticeKind.ENDED,
+        cursor=notice.cursor,
+        kind=_NOTICE_KINDS[notice.kind],
+        balance_micros=notice.balance_micros,
+        granted_units=notice.granted_units,
+        account_id=notice.account_id,
+        cursor_expired=notice.cursor_expired,
+    )
+    if notice.seconds_left is not None:
+        wire.estimated_time_left.CopyFrom(duration_pb2.Duration(seconds=notice.seconds_left))
+    wire.event_time.CopyFrom(timestamp(notice.created_at or datetime.now(UTC)))
+    return wire
 
 
 def record_to_wire(record: ServiceRecord) -> service_pb2.ServiceRecord:
@@ -50,6 +139,11 @@ def record_to_wire(record: ServiceRecord) -> service_pb2.ServiceRecord:
         termination_reason=reason_to_wire(record.termination_reason),
         gateway_id=record.gateway_id,
         application_id=record.application_id,
+        unbilled_units=record.unbilled_units,
+        unbilled_reason=record.unbilled_reason,
+        usage_discrepancy=record.usage_discrepancy,
+        client_used_units=record.client_used_units,
+        gateway_used_units=record.gateway_used_units,
     )
 
 
@@ -61,6 +155,8 @@ def metered_to_wire(metered: Metered) -> service_pb2.MeterResponse:
         balance_micros=metered.balance_micros,
         granted_units=session.granted_units,
         used_units=session.used_units,
+        low_balance=metered.low_balance,
+        pushed=metered.pushed,
     )
     if metered.seconds_left is not None:
         response.estimated_time_left.CopyFrom(duration_pb2.Duration(seconds=metered.seconds_left))
@@ -79,10 +175,29 @@ def metered_to_wire(metered: Metered) -> service_pb2.MeterResponse:
     return response
 
 
+def component_to_wire(
+    component: PublishedComponent, *, update_available: bool = False
+) -> service_pb2.Component:
+    return service_pb2.Component(
+        name=component.key.name,
+        platform=component.key.platform,
+        version=component.version.text,
+        size_bytes=component.size_bytes,
+        sha256=component.sha256,
+        signature=component.signature,
+        signing_key_id=component.signing_key_id,
+        publish_time=timestamp(component.published_at),
+        update_available=update_available,
+    )
+
+
 class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
-    def __init__(self, parts: ServiceManagerParts, auth: Authenticator) -> None:
+    def __init__(
+        self, parts: ServiceManagerParts, auth: Authenticator, components: ComponentCatalog
+    ) -> None:
         self._parts = parts
         self._auth = auth
+        self._components = components
 
     @unary
     async def StartService(
@@ -97,6 +212,10 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
                 endpoint=request.endpoint,
                 application_id=request.application_id,
                 request_id=request.request_id,
+                region=request.region,
+                identity=(
+                    identity_from_wire(request.identity) if request.HasField("identity") else None
+                ),
             ),
         )
         session = started.session
@@ -111,6 +230,7 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
             granted_units=session.granted_units,
             quota_valid_until=timestamp(started.quota_valid_until),
             balance_micros=started.available_micros,
+            account_id=session.account_id,
         )
 
     @streaming
@@ -123,18 +243,69 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
         metering = self._parts.metering
         with self._parts.meter_streams.hold(principal):
             stream = MeterStream(principal)
+            updates = aiter(request_iterator)
             try:
-                async for update in request_iterator:
-                    if not update.session_id:
-                        raise InvalidArgument("session_id is missing from the usage update.")
-                    metered = await metering.update(
-                        stream, update.session_id, update.sequence, update.used_units
-                    )
+                update = await anext(updates, None)
+                if update is not None and update.accept_pushes:
+                    async for response in self._meter_with_pushes(stream, update, updates):
+                        yield response
+                    return
+                while update is not None:
+                    metered = await self._update(stream, update)
                     yield metered_to_wire(metered)
                     if metered.termination is not None and metered.termination.ended:
                         return
+                    update = await anext(updates, None)
             finally:
                 await metering.detach(stream)
+
+    async def _update(
+        self, stream: MeterStream, update: service_pb2.ResourceUtilizationUpdate
+    ) -> Metered:
+        if not update.session_id:
+            raise InvalidArgument("session_id is missing from the usage update.")
+        return await self._parts.metering.update(
+            stream, update.session_id, update.sequence, update.used_units
+        )
+
+    async def _meter_with_pushes(
+        self,
+        stream: MeterStream,
+        first: service_pb2.ResourceUtilizationUpdate,
+        updates: AsyncIterator[service_pb2.ResourceUtilizationUpdate],
+    ) -> AsyncIterator[service_pb2.MeterResponse]:
+        """A stream that accepts pushes: its updates are read by a task of their own, so a
+        push (a new grant after a top-up) goes out while no update is waiting. Answers and
+        pushes share one queue, in the order they were made."""
+        outbox: asyncio.Queue[Metered | BaseException | None] = asyncio.Queue()
+        stream.outbox = outbox
+
+        async def read() -> None:
+            update: service_pb2.ResourceUtilizationUpdate | None = first
+            try:
+                while update is not None:
+                    metered = await self._update(stream, update)
+                    outbox.put_nowait(metered)
+                    if metered.termination is not None and metered.termination.ended:
+                        break
+                    update = await anext(updates, None)
+            except Exception as error:
+                outbox.put_nowait(error)
+            outbox.put_nowait(None)  # no more answers
+
+        reader = asyncio.create_task(read())
+        try:
+            while (item := await outbox.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield metered_to_wire(item)
+                if item.termination is not None and item.termination.ended and not item.pushed:
+                    return
+        finally:
+            stream.outbox = None
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
 
     @unary
     async def StopService(
@@ -186,7 +357,12 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
                     charged_micros=event.charged_micros,
                     used_units=event.used_units,
                     event_time=timestamp(datetime.now(UTC)),
+                    low_balance=event.low_balance,
                 )
+                if event.seconds_left is not None:
+                    wire.estimated_time_left.CopyFrom(
+                        duration_pb2.Duration(seconds=event.seconds_left)
+                    )
                 if event.ended or event.final_units:
                     reason = event.reason or TerminationReason.CLIENT_STOP
                     wire.termination.CopyFrom(
@@ -203,22 +379,17 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
     async def WatchTerminations(
         self, request: service_pb2.WatchTerminationsRequest, context: Context
     ) -> AsyncIterator[service_pb2.Termination]:
-        principal = self._auth.principal(context)
-        if not request.gateway_id:
-            raise InvalidArgument("gateway_id is missing.")
-        if not principal.is_trusted and not (
-            principal.kind is PrincipalKind.GATEWAY and principal.gateway_id == request.gateway_id
-        ):
-            raise PermissionDenied("A gateway may watch only its own terminations.")
+        principal, expires_at = self._auth.principal_until(context)
         with self._parts.watches.hold(principal):
-            async for notice in self._parts.subscriptions.gateway_notices(request.gateway_id):
-                yield service_pb2.Termination(
-                    session_id=notice.session_id,
-                    reason=_REASONS[notice.reason],
-                    message=notice.message,
-                    gateway_id=notice.gateway_id,
-                    ended=True,
-                )
+            notices = self._parts.gateway_watch.notices(
+                principal, request.gateway_id, request.resume_after, request.only_new, expires_at
+            )
+            first = await anext(notices)  # SUBSCRIBED, once the request is found good
+            # The headers at once, the SUBSCRIBED message right behind them.
+            await context.send_initial_metadata(())
+            yield notice_to_wire(first)
+            async for notice in notices:
+                yield notice_to_wire(notice)
 
     @unary
     async def ReportGatewayUsage(
@@ -240,7 +411,171 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
         self, request: service_pb2.GetLatestComponentRequest, context: Context
     ) -> service_pb2.Component:
         self._auth.principal(context)
-        raise NotFound(
-            "No client component has been published on this server yet.",
-            reason="NO_COMPONENT",
+        key = ComponentKey.of(request.name, request.platform)
+        found = await self._components.latest(key, request.current_version)
+        return component_to_wire(found.component, update_available=found.update_available)
+
+    @streaming
+    async def DownloadComponent(
+        self, request: service_pb2.DownloadComponentRequest, context: Context
+    ) -> AsyncIterator[service_pb2.ComponentChunk]:
+        self._auth.principal(context)
+        key = ComponentKey.of(request.name, request.platform)
+        pieces = await self._components.download(key, request.version, request.offset)
+        async for offset, data in pieces:
+            yield service_pb2.ComponentChunk(offset=offset, data=data)
+
+    @unary
+    async def PublishComponent(
+        self,
+        request_iterator: AsyncIterator[service_pb2.PublishComponentRequest],
+        context: Context,
+    ) -> service_pb2.PublishComponentResponse:
+        principal = self._auth.principal(context)
+        # Refuse a caller before reading what it uploads.
+        principal.require_kind(PrincipalKind.OPERATOR, action="publish client components")
+        first = await anext(aiter(request_iterator), None)
+        if first is None or first.WhichOneof("part") != "manifest":
+            raise InvalidArgument(
+                "The first message of a publish must carry the manifest.",
+                reason="BAD_COMPONENT",
+            )
+        wire = first.manifest
+        manifest = Manifest.checked(
+            ComponentKey.of(wire.name, wire.platform),
+            wire.version,
+            wire.size_bytes,
+            wire.sha256,
+            wire.signature,
+            wire.public_key,
+            self._components.max_bytes,
+        )
+
+        async def data() -> AsyncIterator[bytes]:
+            async for part in request_iterator:
+                if part.WhichOneof("part") != "data":
+                    raise InvalidArgument(
+                        "Only the first message of a publish carries a manifest.",
+                        reason="BAD_COMPONENT",
+                    )
+                yield part.data
+
+        published = await self._components.publish(principal, manifest, data())
+        return service_pb2.PublishComponentResponse(
+            component=component_to_wire(published.component), created=published.created
+        )
+
+    @unary
+    async def ListComponents(
+        self, request: service_pb2.ListComponentsRequest, context: Context
+    ) -> service_pb2.ListComponentsResponse:
+        principal = self._auth.principal(context)
+        found = await self._components.listed(principal, request.name, request.platform)
+        return service_pb2.ListComponentsResponse(
+            components=[component_to_wire(component) for component in found]
+        )
+
+    @unary
+    async def ListGateways(
+        self, request: service_pb2.ListGatewaysRequest, context: Context
+    ) -> service_pb2.ListGatewaysResponse:
+        principal = self._auth.principal(context)
+        found = await self._parts.gateways.listed(principal)
+        return service_pb2.ListGatewaysResponse(gateways=[gateway_to_wire(g) for g in found])
+
+    @unary
+    async def RegisterGateway(
+        self, request: service_pb2.RegisterGatewayRequest, context: Context
+    ) -> service_pb2.RegisteredGateway:
+        principal = self._auth.principal(context)
+        principal.require_kind(PrincipalKind.OPERATOR, action="register gateways")
+        gateway = new_gateway(
+            request.gateway_id,
+            request.address,
+            service_types_from_wire(request.service_types),
+            request.region,
+            request.capacity,
+            request.skip_liveness_check,
+        )
+        stored = await self._parts.gateways.register(principal, gateway)
+        return gateway_to_wire(self._parts.gateways.status(stored))
+
+    @unary
+    async def UpdateGateway(
+        self, request: service_pb2.UpdateGatewayRequest, context: Context
+    ) -> service_pb2.RegisteredGateway:
+        principal = self._auth.principal(context)
+        principal.require_kind(PrincipalKind.OPERATOR, action="change gateways")
+        change = GatewayChange(
+            state=_GATEWAY_STATES_BACK.get(request.state),
+            address=request.address if request.HasField("address") else None,
+            region=request.region if request.HasField("region") else None,
+            capacity=request.capacity if request.HasField("capacity") else None,
+            service_types=(
+                service_types_from_wire(request.service_types.service_types)
+                if request.HasField("service_types")
+                else None
+            ),
+            change_service_types=request.HasField("service_types"),
+            skip_liveness_check=(
+                request.skip_liveness_check if request.HasField("skip_liveness_check") else None
+            ),
+        )
+        updated = await self._parts.gateways.update(principal, request.gateway_id, change)
+        return gateway_to_wire(self._parts.gateways.status(updated))
+
+    @unary
+    async def GatewayHeartbeat(
+        self, request: service_pb2.GatewayHeartbeatRequest, context: Context
+    ) -> service_pb2.GatewayHeartbeatResponse:
+        principal = self._auth.principal(context)
+        status = await self._parts.gateways.heartbeat(principal, request.gateway_id)
+        return service_pb2.GatewayHeartbeatResponse(
+            gateway=gateway_to_wire(status),
+            heartbeat_interval=duration(self._parts.gateways.heartbeat_interval),
+        )
+
+    @unary
+    async def GetSessionTicketKey(
+        self, request: service_pb2.GetSessionTicketKeyRequest, context: Context
+    ) -> service_pb2.SessionTicketKey:
+        self._auth.principal(context)
+        key = self._parts.ticket_key
+        return service_pb2.SessionTicketKey(
+            algorithm=ALGORITHM,
+            key_id=key.key_id,
+            public_key=key.raw_base64,
+            public_key_pem=key.pem,
+            jwk=key.jwk,
+            issuer=ISSUER,
+        )
+
+    @unary
+    async def AddAccountIdentity(
+        self, request: service_pb2.AddAccountIdentityRequest, context: Context
+    ) -> service_pb2.AccountIdentity:
+        principal = self._auth.principal(context)
+        principal.require_kind(PrincipalKind.OPERATOR, action="add subscriber identities")
+        kind, value = identity_from_wire(request.identity)
+        added = await self._parts.identities.add(principal, request.account_id, kind, value)
+        return account_identity_to_wire(added)
+
+    @unary
+    async def RemoveAccountIdentity(
+        self, request: service_pb2.RemoveAccountIdentityRequest, context: Context
+    ) -> service_pb2.RemoveAccountIdentityResponse:
+        principal = self._auth.principal(context)
+        principal.require_kind(PrincipalKind.OPERATOR, action="remove subscriber identities")
+        kind, value = identity_from_wire(request.identity)
+        removed = await self._parts.identities.remove(principal, request.account_id, kind, value)
+        return service_pb2.RemoveAccountIdentityResponse(removed=removed)
+
+    @unary
+    async def ListAccountIdentities(
+        self, request: service_pb2.ListAccountIdentitiesRequest, context: Context
+    ) -> service_pb2.ListAccountIdentitiesResponse:
+        principal = self._auth.principal(context)
+        found = await self._parts.identities.listed(principal, request.account_id)
+        return service_pb2.ListAccountIdentitiesResponse(
+            identities=[account_identity_to_wire(item) for item in found]
         )

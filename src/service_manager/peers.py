@@ -75,9 +75,16 @@ class ServiceToken:
 
 
 class Peers:
-    def __init__(self, billing_address: str, rating_address: str, token: ServiceToken) -> None:
-        self._billing_channel = client_channel(billing_address)
-        self._rating_channel = client_channel(rating_address)
+    def __init__(
+        self,
+        billing_address: str,
+        rating_address: str,
+        token: ServiceToken,
+        credentials: grpc.ChannelCredentials | None,
+    ) -> None:
+        """`credentials`: from `tls.channel_credentials` (None: plaintext)."""
+        self._billing_channel = client_channel(billing_address, credentials)
+        self._rating_channel = client_channel(rating_address, credentials)
         self._billing = billing_pb2_grpc.BillingManagerStub(self._billing_channel)
         self._rating = rating_pb2_grpc.RatingServiceStub(self._rating_channel)
         self._token = token

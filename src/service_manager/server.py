@@ -1,6 +1,7 @@
 """The service manager process: `python -m service_manager` or `meterline serve service`.
 Builds the parts over the stores and peers, starts the gRPC server and the background
-loops (usage batches, presence writer, ownership check, liveness sweep)."""
+loops (usage batches, presence writer, ownership check, liveness sweep, the gateway
+notices' listener and retention, the funding events)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import logging
 import secrets
 import socket
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from redis.asyncio import Redis
@@ -23,15 +24,21 @@ from meterline.kernel.errors import MeterlineError
 from meterline.kernel.grpc_server import Authenticator, start_server
 from meterline.kernel.health import follow_store
 from meterline.kernel.logs import configure_logging
+from meterline.kernel.pg_pool import PooledDatabase
 from meterline.kernel.runtime import ServiceHandle, run_until_signalled
+from meterline.kernel.tickets import TicketSigner, ticket_key
+from meterline.kernel.tls import channel_credentials, server_credentials
 from meterline.kernel.tokens import TokenSigner
 from meterline.service.v1 import service_pb2, service_pb2_grpc
+from service_manager.app.components import ComponentCatalog
 from service_manager.app.expiry import Expiry
 from service_manager.app.gateway_reports import ReportGatewayUsage
-from service_manager.app.gateways import GatewayChooser
+from service_manager.app.gateways import GatewayAdmin, GatewayChooser
+from service_manager.app.identities import IdentityAdmin
 from service_manager.app.limits import StreamLimits
 from service_manager.app.live import LiveSessions
 from service_manager.app.metering import Metering, UsageBatcher
+from service_manager.app.notices import GatewayNotices, GatewayWatch
 from service_manager.app.parts import ServiceManagerParts
 from service_manager.app.quota import Quota
 from service_manager.app.settlement import Settlement
@@ -40,8 +47,11 @@ from service_manager.app.stop import StopSession
 from service_manager.domain.sessions import TerminationReason
 from service_manager.grpc_api import ServiceManagerServicer
 from service_manager.peers import Peers, ServiceToken
+from service_manager.storage.component_store import PostgresComponentStore
 from service_manager.storage.models import VERSION_TABLE
+from service_manager.storage.notice_log import PostgresNoticeLog
 from service_manager.storage.presence import RedisPresence
+from service_manager.storage.registry import PostgresGatewayRegistry, PostgresIdentities
 from service_manager.storage.session_store import PostgresSessionStore
 from service_manager.storage.subscriptions import RedisSubscriptions
 
@@ -49,6 +59,7 @@ log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "storage" / "migrations"
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["ServiceManager"].full_name
 VERIFY_EVERY_SECONDS = 2.0
+PRUNE_NOTICES_EVERY_SECONDS = 60.0
 
 
 def migrate(database_url: str) -> None:
@@ -72,6 +83,9 @@ async def every(seconds: float, what: str, work: Callable[[], Awaitable[object]]
 
 
 async def start(settings: Settings, address: str | None = None) -> ServiceHandle:
+    # Both refuse bad TLS settings before any store is touched.
+    credentials = server_credentials(settings.tls)
+    peer_credentials = channel_credentials(settings.tls)
     url = require_url(settings.stores.service_database_url, "METERLINE_SERVICE_DATABASE_URL")
     redis_url = require_url(settings.stores.redis_url, "METERLINE_REDIS_URL")
     if settings.migrate_on_start:
@@ -79,19 +93,48 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
     owner_id = f"{socket.gethostname()[:40]}-{secrets.token_hex(4)}"
     store = PostgresSessionStore(url, pool_size=20)
     await store.open()
+    component_store = PostgresComponentStore(url)
+    await component_store.open()
+    # The registry, identities and notices: a few connections of their own, and one that
+    # LISTENs for notices.
+    registry_db = PooledDatabase(url, "gateway registry", min_size=1, max_size=4)
+    await registry_db.open()
+    registry = PostgresGatewayRegistry(registry_db)
+    identities = IdentityAdmin(PostgresIdentities(registry_db))
+    notice_log = PostgresNoticeLog(registry_db, url)
+    notice_log.start()
+    tickets = TicketSigner(ticket_key(settings))
     redis = Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=5)
     signer = TokenSigner(token_secret(settings))
-    peers = Peers(settings.endpoints.billing, settings.endpoints.rating, ServiceToken(signer))
+    peers = Peers(
+        settings.endpoints.billing,
+        settings.endpoints.rating,
+        ServiceToken(signer),
+        peer_credentials,
+    )
     engine = settings.engine
     validity = timedelta(seconds=settings.quota.validity_seconds)
+    liveness = timedelta(seconds=settings.gateways.liveness_seconds)
+    retention = timedelta(seconds=settings.gateways.notice_retention_seconds)
 
     live = LiveSessions()
     presence = RedisPresence(redis, settings.stores.redis_prefix)
     subscriptions = RedisSubscriptions(redis, settings.stores.redis_prefix)
     quota = Quota(store, peers, live, settings.quota, engine.reserve_ahead_at)
     batcher = UsageBatcher(store, live, engine.usage_flush_ms / 1000)
-    metering = Metering(store, peers, quota, presence, live, owner_id, engine.max_sequence_gap)
-    settlement = Settlement(store, peers, quota, presence, live, batcher, owner_id)
+    notices = GatewayNotices(notice_log)
+    metering = Metering(
+        store,
+        peers,
+        quota,
+        presence,
+        live,
+        owner_id,
+        engine.max_sequence_gap,
+        notices,
+        settings.quota.low_balance_micros,
+    )
+    settlement = Settlement(store, peers, quota, presence, live, batcher, owner_id, notices)
     metering.cut_off = settlement.cut_off
 
     async def abandon(session_id: str) -> None:
@@ -100,17 +143,20 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
         except MeterlineError as error:
             log.warning("session %s: failed start not settled yet: %s", session_id, error)
 
+    chooser = GatewayChooser(registry, liveness)
+    gateways = GatewayAdmin(registry, chooser)
     starter = StartSession(
         store,
         peers,
         peers,
         quota,
-        GatewayChooser(store),
+        chooser,
         presence,
-        signer,
+        tickets,
         owner_id,
         validity,
         abandon,
+        identities,
     )
     parts = ServiceManagerParts(
         start=starter,
@@ -127,13 +173,19 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
         watches=StreamLimits(
             engine.max_watches_per_caller, "watch streams", "METERLINE_MAX_WATCHES_PER_CALLER"
         ),
+        gateways=gateways,
+        identities=identities,
+        gateway_watch=GatewayWatch(notice_log, registry, gateways, liveness),
+        ticket_key=tickets.public,
     )
     expiry = Expiry(store, settlement, presence, validity)
-    servicer = ServiceManagerServicer(parts, Authenticator(signer))
+    components = ComponentCatalog(component_store, settings.components.max_bytes)
+    servicer = ServiceManagerServicer(parts, Authenticator(signer), components)
     server = await start_server(
         address or settings.endpoints.service,
         [lambda server: service_pb2_grpc.add_ServiceManagerServicer_to_server(servicer, server)],
         [SERVICE_NAME],
+        credentials,
     )
 
     async def drain() -> None:
@@ -152,13 +204,23 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
         closers=[
             redis.aclose,
             store.close,
+            component_store.close,
+            registry_db.close,
+            notice_log.close,
             peers.close,
             subscriptions.close,
             quota.close,
             starter.close,
+            notices.close,
             drain,
         ],
     )
+
+    async def prune_notices() -> None:
+        pruned = await notice_log.prune(datetime.now(UTC) - retention)
+        if pruned:
+            log.info("deleted %d gateway notices older than the retention", pruned)
+
     sweep_every = max(settings.quota.validity_seconds / 4, 0.5)
     handle.tasks.extend(
         [
@@ -168,6 +230,10 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
             asyncio.create_task(every(sweep_every, "liveness sweep", expiry.sweep)),
             asyncio.create_task(every(1.0, "presence check", expiry.keep_presence)),
             asyncio.create_task(follow_store(server, [SERVICE_NAME], probe)),
+            asyncio.create_task(subscriptions.follow_funding(metering.on_funded)),
+            asyncio.create_task(
+                every(PRUNE_NOTICES_EVERY_SECONDS, "notice pruning", prune_notices)
+            ),
         ]
     )
     # Long-lived objects made so far need not be scanned by every collection, and the
@@ -178,6 +244,10 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
 
 
 def main(address: str | None = None) -> None:
-    settings = load_settings()
-    configure_logging(settings.log_level)
-    run_until_signalled(lambda: start(settings, address))
+    def begin() -> Awaitable[ServiceHandle]:
+        # Inside run_until_signalled, so a setting that cannot be used is one line.
+        settings = load_settings()
+        configure_logging(settings.log_level)
+        return start(settings, address)
+
+    run_until_signalled(begin)

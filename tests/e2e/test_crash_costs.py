@@ -31,12 +31,13 @@ from meterline.billing.v1 import billing_pb2, billing_pb2_grpc
 from meterline.kernel.config import Endpoints
 from meterline.kernel.db import drop_database, ensure_database, libpq_dsn
 from meterline.kernel.grpc_errors import error_reason
-from meterline.kernel.processes import free_port, spawn_service, stop_processes, wait_until_serving
+from meterline.kernel.processes import free_port, spawn_service, stop_processes
 from meterline.rating.v1 import rating_pb2_grpc, types_pb2
 from meterline.service.v1 import service_pb2, service_pb2_grpc
+from tests.support import tls
 from tests.support.clients import OPERATOR, device, ensure_tariff, new_account
 from tests.support.scenario import Operator
-from tests.support.stack import environment, operator_token
+from tests.support.stack import environment, operator_token, wait_for
 from tests.support.stores import StoreUrls
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(40)]
@@ -104,7 +105,7 @@ def cluster(stores: StoreUrls, tmp_path_factory: pytest.TempPathFactory) -> Iter
         ]
         processes.extend(process for _, process, _ in started)
         for address, process, log in started:
-            wait_until_serving(address, process, log)
+            wait_for(address, process, log)
         yield Cluster(private, endpoints)
     finally:
         stop_processes(processes)
@@ -139,9 +140,7 @@ async def service_managers(
             process = spawn_service("service", cluster.env(address, extra), log)
             instances.append(Instance(address, process, log))
         for instance in instances:
-            await asyncio.to_thread(
-                wait_until_serving, instance.address, instance.process, instance.log
-            )
+            await asyncio.to_thread(wait_for, instance.address, instance.process, instance.log)
         yield instances
     finally:
         stop_processes([instance.process for instance in instances])
@@ -155,7 +154,7 @@ class MeterCall:
     written and its answer read before the next."""
 
     def __init__(self, address: str, account_id: str, session_id: str) -> None:
-        self._channel = grpc.aio.insecure_channel(address)
+        self._channel = tls.channel(address)
         stub = service_pb2_grpc.ServiceManagerStub(self._channel)
         self._call = stub.Meter(None, metadata=device(account_id), timeout=30)
         self.session_id = session_id
@@ -194,15 +193,15 @@ async def meter_stream(address: str, account_id: str, session_id: str) -> AsyncI
 
 @asynccontextmanager
 async def service_stub(address: str) -> AsyncIterator[service_pb2_grpc.ServiceManagerAsyncStub]:
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with tls.channel(address) as channel:
         yield service_pb2_grpc.ServiceManagerStub(channel)
 
 
 async def new_customer(cluster: Cluster) -> str:
     """A funded EUR account; the per-second tariff it calls."""
-    async with grpc.aio.insecure_channel(cluster.endpoints.rating) as channel:
+    async with tls.channel(cluster.endpoints.rating) as channel:
         await ensure_tariff(rating_pb2_grpc.RatingServiceStub(channel), PREFIX, PRICE_MICROS)
-    async with grpc.aio.insecure_channel(cluster.endpoints.billing) as channel:
+    async with tls.channel(cluster.endpoints.billing) as channel:
         return await new_account(billing_pb2_grpc.BillingManagerStub(channel), FUNDED_MICROS)
 
 

@@ -31,6 +31,7 @@ from meterline.kernel.db import ensure_database
 from meterline.kernel.grpc_errors import error_reason
 from meterline.kernel.runtime import ServiceHandle
 from meterline.rating.v1 import rating_pb2, rating_pb2_grpc, types_pb2
+from tests.support import tls
 from tests.support.clients import OPERATOR, device_credential, ensure_tariff, new_account
 from tests.support.stack import TOKEN_SECRET
 
@@ -71,6 +72,7 @@ async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
                 billing_database_url=ensure_database(server_url, "billing"),
                 rating_database_url=ensure_database(server_url, "rating"),
             ),
+            tls=tls.server_settings(),
             token_secret=TOKEN_SECRET,
         )
         handles: dict[str, ServiceHandle] = {}
@@ -84,7 +86,7 @@ async def running(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncItera
             handles[name] = handle
         channels = {}
         for name, handle in handles.items():
-            channel = grpc.aio.insecure_channel(f"127.0.0.1:{handle.port}")
+            channel = tls.channel(f"127.0.0.1:{handle.port}")
             stack.push_async_callback(channel.close, None)
             channels[name] = channel
         yield Running(

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from meterline.kernel.config import Endpoints
+from meterline.kernel.dev_certificates import DevCertificates
 from meterline.kernel.processes import free_port
 from tests.support.scenario import run_prepaid_voice_scenario
 from tests.support.stack import TOKEN_SECRET, operator_token
@@ -73,17 +74,20 @@ async def test_scenario_on_the_embedded_default(tmp_path: Path) -> None:
         assert stores["rating_database_url"].startswith("postgresql")
         assert ":5432/" not in stores["rating_database_url"]
         assert not stores["redis_url"].endswith(":6379/0")
+        # TLS with the certificates `meterline up` made in its data folder.
+        tls = DevCertificates(data_dir / "tls")
+        assert state["tls"]["plaintext"] is False
+        assert Path(state["tls"]["ca_file"]) == tls.ca.resolve()
+        assert (tls.server_key.stat().st_mode & 0o777) == 0o600
         await run_prepaid_voice_scenario(
             Endpoints(**state["endpoints"]),
             operator_token(),
             stores["service_database_url"],
             stores["redis_url"],
             stores["redis_prefix"],
+            ca_file=tls.ca,
         )
-        pids = [
-            int((data_dir / "embedded" / name).read_text())
-            for name in ("postgres.pid", "redis.pid")
-        ]
+        pids = [state["processes"][name] for name in ("postgres", "redis", "rating")]
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=60)
@@ -109,3 +113,5 @@ def test_the_readme_demo_command(tmp_path: Path) -> None:
     assert summary["used_units"] == 42
     assert summary["termination_reason"] == "CLIENT_STOP"
     assert summary["updates"] >= 3  # the charge ticked up live
+    # Over TLS, with the certificates `meterline up` made in its data folder.
+    assert DevCertificates(tmp_path / "data" / "tls").usable()

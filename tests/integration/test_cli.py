@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from meterline.rating.v1 import types_pb2
+from meterline.service.v1 import service_pb2
+from tests.support import tls
+from tests.support.clients import device, ensure_tariff, new_account, stubs
 from tests.support.stack import TOKEN_SECRET, InProcessStack
 
 pytestmark = pytest.mark.integration
@@ -24,6 +28,7 @@ async def meterline(stack: InProcessStack, *args: str) -> tuple[int, str, str]:
         "METERLINE_RATING_ADDRESS": stack.endpoints.rating,
         "METERLINE_BILLING_ADDRESS": stack.endpoints.billing,
         "METERLINE_SERVICE_ADDRESS": stack.endpoints.service,
+        **tls.client_environment(),
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -121,10 +126,32 @@ async def test_the_example_tariff_sheets_import(stack: InProcessStack) -> None:
         assert "imported" in out
 
 
-async def test_sessions_list(stack: InProcessStack) -> None:
-    code, out, err = await meterline(stack, "sessions", "list", "--json")
-    assert code == 0, err
-    assert isinstance(json.loads(out), list)
+async def test_sessions_list_shows_a_running_session(stack: InProcessStack) -> None:
+    api = stubs(stack.endpoints)
+    try:
+        await ensure_tariff(api.rating, "+4420", 10_000)
+        account_id = await new_account(api.billing, 10_000_000)
+        started = await api.service.StartService(
+            service_pb2.StartServiceRequest(
+                account_id=account_id, service_type=types_pb2.VOICE, endpoint="+442071234567"
+            ),
+            metadata=device(account_id),
+        )
+        code, out, err = await meterline(stack, "sessions", "list", "--json")
+        assert code == 0, err
+        listed = {session["session_id"]: session for session in json.loads(out)}
+        assert started.session_id in listed, out
+        assert listed[started.session_id]["account_id"] == account_id
+        assert listed[started.session_id]["endpoint"] == "+442071234567"
+        await api.service.StopService(
+            service_pb2.StopServiceRequest(session_id=started.session_id, used_units=0),
+            metadata=device(account_id),
+        )
+        code, out, err = await meterline(stack, "sessions", "list", "--json")
+        assert code == 0, err
+        assert started.session_id not in {session["session_id"] for session in json.loads(out)}
+    finally:
+        await api.close()
 
 
 async def test_unreachable_services_say_so(stack: InProcessStack) -> None:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from tests.support import tls
 from tests.support.stack import InProcessStack
 
 pytestmark = pytest.mark.integration
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.integration
 )
 async def test_health_and_reflection(stack: InProcessStack, role: str, services: set[str]) -> None:
     address = getattr(stack.endpoints, role)
-    async with grpc.aio.insecure_channel(address) as channel:
+    async with tls.channel(address) as channel:
         health = health_pb2_grpc.HealthStub(channel)
         for name in (*services, ""):
             response = await health.Check(health_pb2.HealthCheckRequest(service=name))

@@ -21,6 +21,7 @@ import rating_service.server
 from meterline.kernel.grpc_errors import error_reason
 from meterline.rating.v1 import rating_pb2, rating_pb2_grpc, types_pb2
 from rating_service.grpc_api import plan_to_wire, tariff_to_wire
+from tests.support import tls
 from tests.support.clients import OPERATOR, Stubs, device
 from tests.support.rating import london, published_sheet, utc
 from tests.support.stack import InProcessStack
@@ -753,7 +754,7 @@ async def test_a_second_instance_picks_up_writes_through_the_first(
 ) -> None:
     plan_id = await import_published(api)
     second = await rating_service.server.start(stack.settings, "127.0.0.1:0")
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{second.port}")
+    channel = tls.channel(f"127.0.0.1:{second.port}")
     try:
         other = rating_pb2_grpc.RatingServiceStub(channel)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from urllib.parse import urlparse
 
@@ -21,6 +22,7 @@ from meterline.kernel.db import drop_database, ensure_database, libpq_dsn
 from meterline.kernel.media import ServiceType, Unit
 from meterline.kernel.pricing import RateTerms
 from service_manager.app.ports import Fence, SessionStore, UsageWrite
+from service_manager.domain.notices import GatewayNotice, NoticeKind
 from service_manager.domain.records import ServiceRecord
 from service_manager.domain.sessions import (
     Session,
@@ -67,7 +69,11 @@ async def store(request: pytest.FixtureRequest) -> AsyncIterator[SessionStore]:
         return
     url: str = request.getfixturevalue("contract_database")
     with psycopg.connect(libpq_dsn(url), autocommit=True) as conn:
-        conn.execute("TRUNCATE session_holds, service_records, sessions")
+        conn.execute(
+            "TRUNCATE session_holds, service_records, sessions, gateway_notices, account_identities"
+        )
+        conn.execute("DELETE FROM gateways WHERE gateway_id <> 'local'")
+        conn.execute("UPDATE gateways SET last_notice_cursor = 0")
     postgres = PostgresSessionStore(url, pool_size=2)
     await postgres.open()
     try:
@@ -129,6 +135,17 @@ def usage(session: Session, epoch: int, used: int, at: datetime | None = None) -
         gateway_used_units=0,
         used_units=used,
         last_update_at=at or datetime.now(UTC),
+    )
+
+
+def ended_notice(session: Session, reason: TerminationReason) -> GatewayNotice:
+    return GatewayNotice(
+        gateway_id=session.gateway_id,
+        session_id=session.session_id,
+        account_id=session.account_id,
+        kind=NoticeKind.ENDED,
+        message="ended",
+        reason=reason,
     )
 
 
@@ -380,12 +397,13 @@ async def test_the_record_is_written_once_and_ends_the_session(store: SessionSto
     assert claimed is not None
     assert await store.record(sid) is None
     first = record_of(claimed, 4, TerminationReason.CLIENT_STOP)
-    written = await store.finish(first, Fence.of(claimed))
+    notice = ended_notice(claimed, TerminationReason.CLIENT_STOP)
+    written = await store.finish(first, Fence.of(claimed), notice)
     assert written == first
     assert (await get(store, sid)).status is SessionStatus.ENDED
 
     other = record_of(claimed, 9, TerminationReason.OPERATOR)
-    assert await store.finish(other, Fence.of(claimed)) == first
+    assert await store.finish(other, Fence.of(claimed), notice) == first
     assert await store.record(sid) == first
     assert await store.claim_settlement(sid, 0, TerminationReason.OPERATOR) is None
     assert await store.take_over(sid, "sm-b") is None
@@ -424,13 +442,35 @@ async def test_silent_sessions_and_stale_settlements_are_claimed(store: SessionS
     assert (await get(store, recent.session_id)).status is ACTIVE
 
 
-async def test_active_sessions_and_gateways(store: SessionStore) -> None:
+async def test_active_sessions(store: SessionStore) -> None:
     active = await inserted(store)
     ended = await inserted(store)
     assert await store.claim_settlement(ended.session_id, 0, TerminationReason.CLIENT_STOP)
     assert [s.session_id for s in await store.active_sessions()] == [active.session_id]
-    (local,) = [g for g in await store.gateways() if g.gateway_id == "local"]
-    assert (local.address, local.service_types, local.enabled) == ("127.0.0.1:5060", None, True)
-    assert local.active_sessions == 1
-    assert await store.gateway_address("local") == "127.0.0.1:5060"
-    assert await store.gateway_address("missing") == ""
+
+
+async def test_a_record_keeps_unbilled_usage_and_both_counts(store: SessionStore) -> None:
+    session = await with_first_hold(store)
+    sid = session.session_id
+    claimed = await store.claim_settlement(
+        sid, 15, TerminationReason.GATEWAY, client_final=8, gateway_final=15
+    )
+    assert claimed is not None
+    assert (claimed.used_units, claimed.client_used_units, claimed.gateway_used_units) == (
+        15,
+        8,
+        15,
+    )
+    record = replace(
+        record_of(claimed, 15, TerminationReason.BALANCE_EXHAUSTED),
+        billed_units=10,
+        charged_micros=100_000,
+        unbilled_units=5,
+        unbilled_reason="beyond the grant",
+        usage_discrepancy=7,
+        client_used_units=8,
+        gateway_used_units=15,
+    )
+    notice = ended_notice(claimed, TerminationReason.BALANCE_EXHAUSTED)
+    assert await store.finish(record, Fence.of(claimed), notice) == record
+    assert await store.record(sid) == record

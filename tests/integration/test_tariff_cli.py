@@ -19,7 +19,8 @@ import yaml
 
 from meterline.rating.v1 import rating_pb2, types_pb2
 from rating_service.domain.tariff_files import read_tariff_sheet
-from tests.support.clients import OPERATOR, Stubs
+from tests.support import tls
+from tests.support.clients import OPERATOR, Stubs, new_account
 from tests.support.rating import PUBLISHED_PLAN, PUBLISHED_SHEET, published_sheet, utc
 from tests.support.stack import TOKEN_SECRET, InProcessStack
 
@@ -35,6 +36,7 @@ async def meterline(stack: InProcessStack, *args: str) -> tuple[int, str, str]:
         "METERLINE_RATING_ADDRESS": stack.endpoints.rating,
         "METERLINE_BILLING_ADDRESS": stack.endpoints.billing,
         "METERLINE_SERVICE_ADDRESS": stack.endpoints.service,
+        **tls.client_environment(),
     }
     process = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -120,11 +122,12 @@ async def test_the_published_sheet_imports_and_its_plan_is_listed(
         {"band": "PEAK", "days": "MON,TUE,WED,THU,FRI", "start_time": "08:00", "end_time": "18:00"},
         {"band": "WEEKEND", "days": "SAT,SUN", "start_time": "00:00", "end_time": "24:00"},
     ]
-    assert "is_default" not in plan  # false: proto3 JSON leaves it out
+    assert plan["is_default"] is False  # the CLI's JSON carries every field
 
     code, out, err = await meterline(stack, "tariffs", "plans")
     assert code == 0, err
-    assert f"{plan_id}: Northwind Telecom (test), Europe/London" in out
+    (row,) = [line for line in out.splitlines() if line.startswith(plan_id)]
+    assert row.split()[:5] == [plan_id, "Northwind", "Telecom", "(test)", "Europe/London"]
 
     listed = await listed_tariffs(stack, plan_id)
     # Both versions of +44 are listed: the one in force and the 2030 one.
@@ -316,7 +319,7 @@ async def test_a_malformed_csv_sheet_names_every_bad_line_and_imports_nothing(
 
 async def test_account_plan(stack: InProcessStack, tmp_path: Path, api: Stubs) -> None:
     plan_id = await import_northwind(stack, tmp_path)
-    account_id = unique("acct")
+    account_id = await new_account(api.billing)
 
     async def rated_plan() -> str:
         rate = await api.rating.GetRate(
@@ -344,6 +347,11 @@ async def test_account_plan(stack: InProcessStack, tmp_path: Path, api: Stubs) -
     code, out, err = await meterline(stack, "account", "plan", account_id, "default")
     assert code == 0, err
     assert out.strip() == f"{account_id} rates under plan default"
+
+    # An account that does not exist is refused, not given a plan.
+    code, out, err = await meterline(stack, "account", "plan", unique("acct_nope"), plan_id)
+    assert (code, out) == (2, "")
+    assert "no account" in err and len(err.splitlines()) == 1
 
 
 def _normalized(tariffs: list[Any]) -> list[Any]:

@@ -1,8 +1,10 @@
-"""Raw gRPC stubs for tests that need to send what the SDK never would."""
+"""Raw gRPC stubs for tests that need to send what the SDK never would (over TLS, trusting
+the test run's CA)."""
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
@@ -13,6 +15,7 @@ from meterline.kernel.config import Endpoints
 from meterline.kernel.principals import Principal, PrincipalKind
 from meterline.rating.v1 import rating_pb2, rating_pb2_grpc, types_pb2
 from meterline.service.v1 import service_pb2_grpc
+from tests.support import tls
 from tests.support.stack import metadata, operator_token, token_for
 
 
@@ -29,10 +32,12 @@ class Stubs:
             await channel.close(None)
 
 
-def stubs(endpoints: Endpoints) -> Stubs:
-    rating = grpc.aio.insecure_channel(endpoints.rating)
-    billing = grpc.aio.insecure_channel(endpoints.billing)
-    service = grpc.aio.insecure_channel(endpoints.service)
+def stubs(
+    endpoints: Endpoints, open_channel: Callable[[str], grpc.aio.Channel] = tls.channel
+) -> Stubs:
+    rating = open_channel(endpoints.rating)
+    billing = open_channel(endpoints.billing)
+    service = open_channel(endpoints.service)
     return Stubs(
         rating=rating_pb2_grpc.RatingServiceStub(rating),
         billing=billing_pb2_grpc.BillingManagerStub(billing),

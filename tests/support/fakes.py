@@ -31,18 +31,19 @@ from meterline.kernel.errors import (
 )
 from meterline.kernel.media import ServiceType
 from meterline.kernel.principals import Principal, PrincipalKind
-from meterline.kernel.tokens import TokenSigner
+from meterline.kernel.tickets import TicketSigner, derived_key
 from service_manager.app.expiry import Expiry
 from service_manager.app.gateway_reports import ReportGatewayUsage
-from service_manager.app.gateways import GatewayChooser
+from service_manager.app.gateways import GatewayAdmin, GatewayChooser
+from service_manager.app.identities import IdentityAdmin
 from service_manager.app.limits import StreamLimits
 from service_manager.app.live import LiveSessions
 from service_manager.app.metering import Metering, UsageBatcher
+from service_manager.app.notices import GatewayNotices, GatewayWatch
 from service_manager.app.parts import ServiceManagerParts
 from service_manager.app.ports import (
     ActiveUser,
     Fence,
-    GatewayInfo,
     Ownership,
     UsageWrite,
 )
@@ -51,7 +52,10 @@ from service_manager.app.settlement import Settlement
 from service_manager.app.start import StartSession
 from service_manager.app.stop import StopSession
 from service_manager.domain.accounts import AccountSnapshot
-from service_manager.domain.records import ServiceRecord, TerminationNotice, UsageEvent
+from service_manager.domain.gateways import Gateway, GatewayChange, GatewayState
+from service_manager.domain.identities import AccountIdentity, Identity
+from service_manager.domain.notices import GatewayNotice
+from service_manager.domain.records import ServiceRecord, UsageEvent
 from service_manager.domain.sessions import Session, SessionRate, SessionStatus, TerminationReason
 
 
@@ -62,11 +66,161 @@ async def _round_trip() -> None:
 # -- the service database -----------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class _Gateway:
-    address: str
-    service_types: frozenset[ServiceType] | None
-    enabled: bool
+class InMemoryGatewayRegistry:
+    """The GatewayRegistry port in memory; loads are counted over the store's sessions."""
+
+    def __init__(self, store: InMemorySessionStore) -> None:
+        self._store = store
+        self.rows: dict[str, Gateway] = {
+            # As migrations 0001 and 0006 leave it.
+            "local": Gateway("local", "127.0.0.1:5060", None, skip_liveness_check=True)
+        }
+        self.calls: Counter[str] = Counter()
+
+    async def gateways(self) -> list[Gateway]:
+        self.calls["gateways"] += 1
+        await _round_trip()
+        load = self._store.loads()
+        return [
+            replace(gateway, active_sessions=load[gateway_id])
+            for gateway_id, gateway in sorted(self.rows.items())
+        ]
+
+    async def gateway(self, gateway_id: str) -> Gateway | None:
+        self.calls["gateway"] += 1
+        await _round_trip()
+        return self.rows.get(gateway_id)
+
+    async def register(self, gateway: Gateway) -> tuple[Gateway, bool]:
+        self.calls["register"] += 1
+        await _round_trip()
+        if gateway.gateway_id in self.rows:
+            return self.rows[gateway.gateway_id], False
+        stored = replace(gateway, last_seen_at=None, active_sessions=0)
+        self.rows[gateway.gateway_id] = stored
+        return stored, True
+
+    async def update(self, gateway_id: str, change: GatewayChange) -> Gateway | None:
+        self.calls["update"] += 1
+        await _round_trip()
+        row = self.rows.get(gateway_id)
+        if row is None:
+            return None
+        self.rows[gateway_id] = change.applied_to(row)
+        return self.rows[gateway_id]
+
+    async def seen(self, gateway_ids: Sequence[str], at: datetime) -> None:
+        self.calls["seen"] += 1
+        await _round_trip()
+        for gateway_id in gateway_ids:
+            row = self.rows.get(gateway_id)
+            if row is not None:
+                self.rows[gateway_id] = replace(row, last_seen_at=max(row.last_seen_at or at, at))
+
+
+class InMemoryIdentities:
+    """The Identities port in memory."""
+
+    def __init__(self) -> None:
+        self.rows: dict[Identity, AccountIdentity] = {}
+
+    async def add(self, account_id: str, identity: Identity) -> AccountIdentity:
+        await _round_trip()
+        return self.rows.setdefault(
+            identity, AccountIdentity(account_id, identity, datetime.now(UTC))
+        )
+
+    async def remove(self, account_id: str, identity: Identity) -> bool:
+        await _round_trip()
+        found = self.rows.get(identity)
+        if found is None or found.account_id != account_id:
+            return False
+        del self.rows[identity]
+        return True
+
+    async def of_account(self, account_id: str) -> list[AccountIdentity]:
+        await _round_trip()
+        return sorted(
+            (item for item in self.rows.values() if item.account_id == account_id),
+            key=lambda item: (item.identity.kind.value, item.identity.value),
+        )
+
+    async def resolve(self, identity: Identity) -> str | None:
+        await _round_trip()
+        found = self.rows.get(identity)
+        return found.account_id if found is not None else None
+
+
+class InMemoryNoticeLog:
+    """The NoticeLog port in memory: cursors per gateway, wakeups for waiters."""
+
+    def __init__(self, registry: InMemoryGatewayRegistry) -> None:
+        self._registry = registry
+        self.notices: dict[str, list[GatewayNotice]] = {}
+        self._newest: Counter[str] = Counter()
+        self._marks: Counter[str] = Counter()
+        self._changed = asyncio.Event()
+        self.fail_next_appends = 0
+        """Set by a test: the next appends raise (a store blip)."""
+        self.append_gate: asyncio.Event | None = None
+        """While an unset Event, appends wait for it (a slow database)."""
+
+    def of(self, gateway_id: str = "local") -> list[GatewayNotice]:
+        """A test's view: the notices kept for a gateway, oldest first."""
+        return list(self.notices.get(gateway_id, []))
+
+    def append_now(self, notice: GatewayNotice) -> int:
+        """The append, with no turn of the loop (inside a store's transaction)."""
+        if notice.gateway_id not in self._registry.rows:
+            raise LookupError(f"foreign key: no gateway {notice.gateway_id}")
+        self._newest[notice.gateway_id] += 1
+        cursor = self._newest[notice.gateway_id]
+        stored = replace(notice, cursor=cursor, created_at=datetime.now(UTC))
+        self.notices.setdefault(notice.gateway_id, []).append(stored)
+        self._marks[notice.gateway_id] += 1
+        self._changed.set()
+        self._changed = asyncio.Event()
+        return cursor
+
+    async def append(self, notice: GatewayNotice) -> int:
+        await _round_trip()
+        if self.append_gate is not None:
+            await self.append_gate.wait()
+        if self.fail_next_appends:
+            self.fail_next_appends -= 1
+            raise ConnectionError("the service database went away")
+        return self.append_now(notice)
+
+    async def after(self, gateway_id: str, cursor: int, limit: int) -> list[GatewayNotice]:
+        await _round_trip()
+        return [n for n in self.notices.get(gateway_id, []) if n.cursor > cursor][:limit]
+
+    async def bounds(self, gateway_id: str) -> tuple[int, int]:
+        await _round_trip()
+        newest = self._newest[gateway_id]
+        kept = self.notices.get(gateway_id, [])
+        return (kept[0].cursor if kept else newest + 1), newest
+
+    async def prune(self, before: datetime) -> int:
+        await _round_trip()
+        pruned = 0
+        for gateway_id, kept in self.notices.items():
+            left = [n for n in kept if n.created_at is not None and n.created_at >= before]
+            pruned += len(kept) - len(left)
+            self.notices[gateway_id] = left
+        return pruned
+
+    def mark(self, gateway_id: str) -> int:
+        return self._marks[gateway_id]
+
+    async def wait(self, gateway_id: str, mark: int, within: float) -> None:
+        deadline = asyncio.get_running_loop().time() + within
+        while self._marks[gateway_id] == mark:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,7 +241,11 @@ class InMemorySessionStore:
         self._request_ids: dict[str, str] = {}
         self._holds: dict[str, list[_Hold]] = {}
         self._records: dict[str, ServiceRecord] = {}
-        self._gateways: dict[str, _Gateway] = {"local": _Gateway("127.0.0.1:5060", None, True)}
+        self.registry = InMemoryGatewayRegistry(self)
+        """The gateways (the same database: sessions refer to them)."""
+        self.notices = InMemoryNoticeLog(self.registry)
+        """The gateways' notice streams (the ENDED notice is written with the record)."""
+        self.identities = InMemoryIdentities()
         self.calls: Counter[str] = Counter()
         """Calls per method name, so a test can tell that a path made none."""
 
@@ -99,8 +257,18 @@ class InMemorySessionStore:
         address: str,
         service_types: frozenset[ServiceType] | None = None,
         enabled: bool = True,
+        **settings: object,
     ) -> None:
-        self._gateways[gateway_id] = _Gateway(address, service_types, enabled)
+        """A registered gateway; its liveness is not checked unless `settings` say so."""
+        fields: dict[str, object] = {"skip_liveness_check": True, **settings}
+        if not enabled:
+            fields["state"] = GatewayState.DISABLED
+        self.registry.rows[gateway_id] = replace(
+            Gateway(gateway_id, address, service_types), **fields
+        )
+
+    def loads(self) -> Counter[str]:
+        return Counter(row.gateway_id for row in self._sessions.values() if row.is_active)
 
     def session_ids(self) -> list[str]:
         return list(self._sessions)
@@ -131,7 +299,7 @@ class InMemorySessionStore:
             return False  # ON CONFLICT (request_id) DO NOTHING
         if session.session_id in self._sessions:
             raise AssertionError(f"duplicate key: session {session.session_id}")
-        if session.gateway_id not in self._gateways:
+        if session.gateway_id not in self.registry.rows:
             raise AssertionError(f"foreign key: no gateway {session.gateway_id}")
         # The INSERT names these columns; the counters and the reason take their defaults.
         self._sessions[session.session_id] = replace(
@@ -259,7 +427,12 @@ class InMemorySessionStore:
         return [(hold.hold_id, hold.amount) for hold in holds]
 
     async def claim_settlement(
-        self, session_id: str, final_used: int, reason: TerminationReason
+        self,
+        session_id: str,
+        final_used: int,
+        reason: TerminationReason,
+        client_final: int = 0,
+        gateway_final: int = 0,
     ) -> Session | None:
         await self._enter("claim_settlement")
         row = self._sessions.get(session_id)
@@ -267,6 +440,8 @@ class InMemorySessionStore:
             return None
         row.status = SessionStatus.SETTLING
         row.used_units = max(row.used_units, final_used)
+        row.client_used_units = max(row.client_used_units, client_final)
+        row.gateway_used_units = max(row.gateway_used_units, gateway_final)
         row.termination_reason = reason
         row.owner_epoch += 1
         row.last_update_at = datetime.now(UTC)
@@ -284,14 +459,19 @@ class InMemorySessionStore:
         await _round_trip()
         return replace(row)
 
-    async def finish(self, record: ServiceRecord, fence: Fence) -> ServiceRecord:
+    async def finish(
+        self, record: ServiceRecord, fence: Fence, notice: GatewayNotice
+    ) -> ServiceRecord:
         # Like PostgresSessionStore.finish, the fence is not checked: the record is
-        # written once (ON CONFLICT DO NOTHING) and a SETTLING session becomes ENDED.
+        # written once (ON CONFLICT DO NOTHING), with the gateway's ENDED notice, and a
+        # SETTLING session becomes ENDED.
         await self._enter("finish")
         row = self._sessions.get(record.session_id)
         if row is None:
             raise AssertionError(f"foreign key: no session {record.session_id}")
-        self._records.setdefault(record.session_id, record)
+        if record.session_id not in self._records:
+            self._records[record.session_id] = record
+            self.notices.append_now(notice)
         if row.status is SessionStatus.SETTLING:
             row.status = SessionStatus.ENDED
         await _round_trip()
@@ -326,19 +506,6 @@ class InMemorySessionStore:
     async def active_sessions(self) -> list[Session]:
         await self._enter("active_sessions")
         return [replace(row) for row in self._sessions.values() if row.is_active]
-
-    async def gateways(self) -> list[GatewayInfo]:
-        await self._enter("gateways")
-        load = Counter(row.gateway_id for row in self._sessions.values() if row.is_active)
-        return [
-            GatewayInfo(gateway_id, g.address, g.service_types, g.enabled, load[gateway_id])
-            for gateway_id, g in sorted(self._gateways.items())
-        ]
-
-    async def gateway_address(self, gateway_id: str) -> str:
-        await self._enter("gateway_address")
-        gateway = self._gateways.get(gateway_id)
-        return gateway.address if gateway is not None else ""
 
 
 # -- the billing manager ------------------------------------------------------------------
@@ -544,7 +711,7 @@ class FakePresence:
         self.started_ids: list[str] = []
         """Sessions started, in order."""
         self.usage_events: list[UsageEvent] = []
-        self.ended_events: list[tuple[UsageEvent, TerminationNotice]] = []
+        self.ended_events: list[UsageEvent] = []
         self._active: dict[str, ActiveUser] = {}
         self.lost = False
         """Set by a test: presence lost its collection (as after a Redis flush)."""
@@ -557,8 +724,8 @@ class FakePresence:
     def usage(self, session: Session, event: UsageEvent) -> None:
         self.usage_events.append(event)
 
-    def ended(self, session_id: str, event: UsageEvent, notice: TerminationNotice) -> None:
-        self.ended_events.append((event, notice))
+    def ended(self, session_id: str, event: UsageEvent) -> None:
+        self.ended_events.append(event)
         self._active.pop(session_id, None)
 
     async def active(self, account_id: str = "") -> list[ActiveUser]:
@@ -599,10 +766,6 @@ class FakeSubscriptions:
         return
         yield
 
-    async def gateway_notices(self, gateway_id: str) -> AsyncIterator[TerminationNotice]:
-        return
-        yield
-
 
 # -- the parts, wired as server.py wires them ----------------------------------------------
 
@@ -640,6 +803,8 @@ class Instance:
     gateway_usage: ReportGatewayUsage
     expiry: Expiry
     parts: ServiceManagerParts
+    notices: GatewayNotices
+    tickets: TicketSigner
     abandoned: list[str] = field(default_factory=list)
     """Sessions whose failed start was given back (server.py's `abandon`)."""
 
@@ -651,6 +816,7 @@ class Instance:
             pending = [
                 *self.start._background,
                 *self.quota._background,
+                *([self.notices._tail] if self.notices._tail is not None else []),
                 *(live.reserving for live in self.live.all() if live.reserving is not None),
             ]
             if not pending:
@@ -673,19 +839,31 @@ def build_instance(
     owner_id: str = "sm-a",
     quota_policy: QuotaPolicy = SMALL_QUOTA,
     engine: SessionEngine = TEST_ENGINE,
+    liveness: timedelta = timedelta(seconds=30),
 ) -> Instance:
     """The parts as server.start builds them, over the fakes instead of PostgreSQL,
     Redis and the peers. The background loops are not started: a test calls
     batcher.flush(), batcher.verify() and expiry.sweep() when it wants them."""
     presence = presence or FakePresence()
     validity = timedelta(seconds=quota_policy.validity_seconds)
-    signer = TokenSigner(TOKEN_SECRET)
+    tickets = TicketSigner(derived_key(TOKEN_SECRET))
 
     live = LiveSessions()
     quota = Quota(store, funds, live, quota_policy, engine.reserve_ahead_at)
     batcher = UsageBatcher(store, live, engine.usage_flush_ms / 1000)
-    metering = Metering(store, funds, quota, presence, live, owner_id, engine.max_sequence_gap)
-    settlement = Settlement(store, funds, quota, presence, live, batcher, owner_id)
+    notices = GatewayNotices(store.notices)
+    metering = Metering(
+        store,
+        funds,
+        quota,
+        presence,
+        live,
+        owner_id,
+        engine.max_sequence_gap,
+        notices,
+        quota_policy.low_balance_micros,
+    )
+    settlement = Settlement(store, funds, quota, presence, live, batcher, owner_id, notices)
     metering.cut_off = settlement.cut_off
     abandoned: list[str] = []
 
@@ -695,17 +873,21 @@ def build_instance(
         with contextlib.suppress(MeterlineError):
             await settlement.settle(session_id, 0, TerminationReason.START_FAILED)
 
+    chooser = GatewayChooser(store.registry, liveness)
+    gateways = GatewayAdmin(store.registry, chooser)
+    identities = IdentityAdmin(store.identities)
     starter = StartSession(
         store,
         funds,
         rates,
         quota,
-        GatewayChooser(store),
+        chooser,
         presence,
-        signer,
+        tickets,
         owner_id,
         validity,
         abandon,
+        identities,
     )
     stop = StopSession(store, settlement)
     gateway_usage = ReportGatewayUsage(store, metering, settlement)
@@ -724,6 +906,10 @@ def build_instance(
         watches=StreamLimits(
             engine.max_watches_per_caller, "watch streams", "METERLINE_MAX_WATCHES_PER_CALLER"
         ),
+        gateways=gateways,
+        identities=identities,
+        gateway_watch=GatewayWatch(store.notices, store.registry, gateways, liveness),
+        ticket_key=tickets.public,
     )
     expiry = Expiry(store, settlement, presence, validity)
     return Instance(
@@ -742,6 +928,8 @@ def build_instance(
         gateway_usage=gateway_usage,
         expiry=expiry,
         parts=parts,
+        notices=notices,
+        tickets=tickets,
         abandoned=abandoned,
     )
 

@@ -5,6 +5,7 @@ several usage updates (one repeated, one out of order), stop, and check everythi
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import grpc
 import psycopg
@@ -14,10 +15,13 @@ from client_sdk import ClientConfig, MeterlineClient, ServiceType, TlsConfig
 from client_sdk.stream import MeterStream
 from meterline.auth.v1 import auth_pb2, auth_pb2_grpc
 from meterline.billing.v1 import billing_pb2, billing_pb2_grpc
-from meterline.kernel.config import Endpoints
+from meterline.kernel.config import Endpoints, TlsSettings
 from meterline.kernel.db import libpq_dsn
+from meterline.kernel.grpc_server import client_channel
+from meterline.kernel.tls import channel_credentials
 from meterline.rating.v1 import rating_pb2, rating_pb2_grpc, types_pb2
 from meterline.service.v1 import service_pb2, service_pb2_grpc
+from tests.support import tls
 from tests.support.stack import metadata
 
 VOICE_PREFIX = "+4420"
@@ -30,9 +34,13 @@ class Operator:
 
     endpoints: Endpoints
     token: str
+    ca_file: Path | None = None
+    """The CA the stack's certificates come from; None: the test run's."""
 
     def channel(self, address: str) -> grpc.aio.Channel:
-        return grpc.aio.insecure_channel(address)
+        if self.ca_file is None:
+            return tls.channel(address)
+        return client_channel(address, channel_credentials(TlsSettings(ca_file=self.ca_file)))
 
     async def import_voice_tariff(self) -> None:
         async with self.channel(self.endpoints.rating) as channel:
@@ -115,8 +123,10 @@ async def run_prepaid_voice_scenario(
     service_database_url: str,
     redis_url: str,
     redis_prefix: str,
+    ca_file: Path | None = None,
 ) -> None:
-    operator = Operator(endpoints, operator_token)
+    """`ca_file`: the CA the stack's certificates come from; None: the test run's."""
+    operator = Operator(endpoints, operator_token, ca_file)
     await operator.import_voice_tariff()
     account_id = await operator.funded_account(1_000_000, key="scenario-funding")
     client_id, secret = await operator.device_credential(account_id)
@@ -126,7 +136,7 @@ async def run_prepaid_voice_scenario(
         auth_addresses=[endpoints.billing],
         client_id=client_id,
         client_secret=secret,
-        tls=TlsConfig(plaintext=True),
+        tls=tls.client_tls() if ca_file is None else TlsConfig(ca_file=ca_file),
     )
     async with MeterlineClient(config) as client:
         assert client.account_id == account_id

@@ -1,5 +1,6 @@
 """The three services, in this process (integration tests) or as separate processes
-(end-to-end tests), on loopback ports, against the test run's stores."""
+(end-to-end tests), on loopback ports, against the test run's stores, with TLS (the test
+run's certificates, tests/support/tls.py)."""
 
 from __future__ import annotations
 
@@ -14,14 +15,16 @@ from pathlib import Path
 import billing_manager.server
 import rating_service.server
 import service_manager.server
-from meterline.kernel.config import Endpoints, QuotaPolicy, Settings, Stores
+from meterline.kernel.config import Endpoints, QuotaPolicy, Settings, Stores, TlsSettings
 from meterline.kernel.principals import Principal, PrincipalKind
 from meterline.kernel.processes import free_port, spawn_service, stop_processes, wait_until_serving
 from meterline.kernel.runtime import ServiceHandle
 from meterline.kernel.tokens import TokenSigner
 from tests.support.stores import StoreUrls
+from tests.support.tls import client_credentials, server_settings, tls_environment
 
 TOKEN_SECRET = "test-secret-" + "x" * 40
+VOUCHER_SECRET = "test-voucher-secret-" + "v" * 40
 
 
 def settings_for(stores: StoreUrls, endpoints: Endpoints | None = None) -> Settings:
@@ -35,7 +38,9 @@ def settings_for(stores: StoreUrls, endpoints: Endpoints | None = None) -> Setti
             redis_prefix=stores.redis_prefix,
         ),
         quota=QuotaPolicy(validity_seconds=60),
+        tls=server_settings(),
         token_secret=TOKEN_SECRET,
+        voucher_secret=VOUCHER_SECRET,
     )
 
 
@@ -65,10 +70,15 @@ class InProcessStack:
             await handle.close(grace=0.5)
 
 
-async def start_in_process(stores: StoreUrls, quota: QuotaPolicy | None = None) -> InProcessStack:
+async def start_in_process(
+    stores: StoreUrls, quota: QuotaPolicy | None = None, tls: TlsSettings | None = None
+) -> InProcessStack:
+    """The three services in this process; `tls` instead of the test run's server TLS."""
     settings = settings_for(stores)
     if quota is not None:
         settings = replace(settings, quota=quota)
+    if tls is not None:
+        settings = replace(settings, tls=tls)
     rating = await rating_service.server.start(settings, "127.0.0.1:0")
     billing = await billing_manager.server.start(settings, "127.0.0.1:0")
     endpoints = Endpoints(
@@ -91,10 +101,17 @@ def environment(stores: StoreUrls, endpoints: Endpoints) -> dict[str, str]:
         "METERLINE_REDIS_URL": stores.redis_url,
         "METERLINE_REDIS_PREFIX": stores.redis_prefix,
         "METERLINE_TOKEN_SECRET": TOKEN_SECRET,
+        "METERLINE_VOUCHER_SECRET": VOUCHER_SECRET,
         "METERLINE_RATING_ADDRESS": endpoints.rating,
         "METERLINE_BILLING_ADDRESS": endpoints.billing,
         "METERLINE_SERVICE_ADDRESS": endpoints.service,
+        **tls_environment(),
     }
+
+
+def wait_for(address: str, process: subprocess.Popen[bytes], log: Path) -> None:
+    """`wait_until_serving` over TLS, trusting the test run's CA."""
+    wait_until_serving(address, process, log, client_credentials())
 
 
 @contextmanager
@@ -116,7 +133,7 @@ def service_processes(stores: StoreUrls, log_dir: Path) -> Iterator[Endpoints]:
             log = log_dir / f"{role}.log"
             process = spawn_service(role, env, log)
             processes.append(process)
-            wait_until_serving(address, process, log)
+            wait_for(address, process, log)
         yield endpoints
     finally:
         stop_processes(processes)

@@ -29,10 +29,12 @@ from billing_manager.domain.ledger import (
     TransactionKind,
     balanced,
     capture_entries,
+    capture_settlement,
     ensure_can_reserve,
     fingerprint,
     fund_entries,
     release_entries,
+    release_settlement,
     reserve_entries,
     validate_amount,
     validate_capture,
@@ -62,6 +64,7 @@ def hold(amount: int) -> Hold:
         status=HoldStatus.OPEN,
         reference="ses_1",
         created_at=NOW,
+        expires_at=NOW,
     )
 
 
@@ -239,6 +242,28 @@ def test_validate_capture_refuses(amount: int, message: str) -> None:
 @pytest.mark.parametrize("amount", [0, 1, 1_000])
 def test_validate_capture_accepts_up_to_the_hold(amount: int) -> None:
     assert validate_capture(hold(1_000), amount) == amount
+
+
+@pytest.mark.parametrize("amount", [0, 1, 400, 1_000])
+def test_a_capture_settlement_captures_the_amount_and_gives_the_rest_back(amount: int) -> None:
+    settlement = capture_settlement(hold(1_000), amount)
+    assert (settlement.kind, settlement.status) == (TransactionKind.CAPTURE, HoldStatus.CAPTURED)
+    assert (settlement.captured_micros, settlement.released_micros) == (amount, 1_000 - amount)
+    assert settlement.amount_micros == amount
+    assert settlement.entries == capture_entries(1_000, amount)
+
+
+def test_a_capture_settlement_refuses_what_validate_capture_refuses() -> None:
+    with pytest.raises(InvalidArgument, match="Cannot capture 1001"):
+        capture_settlement(hold(1_000), 1_001)
+
+
+def test_a_release_settlement_gives_the_whole_hold_back() -> None:
+    settlement = release_settlement(hold(1_000))
+    assert (settlement.kind, settlement.status) == (TransactionKind.RELEASE, HoldStatus.RELEASED)
+    assert (settlement.captured_micros, settlement.released_micros) == (0, 1_000)
+    assert settlement.amount_micros == 1_000
+    assert settlement.entries == release_entries(1_000)
 
 
 @pytest.mark.parametrize(

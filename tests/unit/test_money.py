@@ -10,8 +10,12 @@ from meterline.kernel.money import MAX_AMOUNT_MICROS, AmountError
 pytestmark = pytest.mark.unit
 
 
-def test_amount_error_is_a_value_error() -> None:
-    assert issubclass(AmountError, ValueError)
+@pytest.mark.parametrize("text", ["", "abc", "1.0000001", "1,00", "1e3", "0x10", " . "])
+def test_a_bad_amount_is_refused_with_a_sentence_naming_it(text: str) -> None:
+    with pytest.raises(AmountError) as refused:
+        money.parse_amount(text)
+    assert f"'{text}'" in str(refused.value)
+    assert "decimal number" in str(refused.value)
 
 
 @pytest.mark.parametrize(

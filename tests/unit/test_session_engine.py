@@ -35,6 +35,7 @@ from service_manager.app.metering import Metered, MeterStream
 from service_manager.app.ports import Fence
 from service_manager.app.quota import hold_key
 from service_manager.app.start import StartRequest
+from service_manager.domain.notices import NoticeKind
 from service_manager.domain.records import ServiceRecord
 from service_manager.domain.sessions import (
     Session,
@@ -341,7 +342,8 @@ async def test_final_units_are_announced_then_the_session_is_cut_off(
     assert record is not None
     assert record.termination_reason is TerminationReason.BALANCE_EXHAUSTED
     assert (record.used_units, record.charged_micros) == (granted, funded)
-    ((event, notice),) = world.presence.ended_events
+    (event,) = world.presence.ended_events
+    notice = world.store.notices.of("local")[-1]
     assert event.ended and notice.reason is TerminationReason.BALANCE_EXHAUSTED
     assert_settled(world, record, funded)
 
@@ -480,9 +482,14 @@ async def test_settlement_captures_oldest_first_releases_the_rest_and_writes_onc
     ]
     assert (record.used_units, record.termination_reason) == (used, TerminationReason.CLIENT_STOP)
     assert (await stored(world, session_id)).status is SessionStatus.ENDED
-    ((event, notice),) = world.presence.ended_events
+    (event,) = world.presence.ended_events
     assert (event.session_id, event.charged_micros, event.ended) == (session_id, used * PRICE, True)
-    assert (notice.gateway_id, notice.reason) == ("local", TerminationReason.CLIENT_STOP)
+    notice = world.store.notices.of("local")[-1]
+    assert (notice.session_id, notice.kind, notice.reason) == (
+        session_id,
+        NoticeKind.ENDED,
+        TerminationReason.CLIENT_STOP,
+    )
     assert await world.presence.active() == []
 
     funds_calls = world.funds.calls.copy()
@@ -646,7 +653,8 @@ async def test_the_liveness_sweep_settles_a_silent_session(sm: Instance, world: 
         TerminationReason.LIVENESS_TIMEOUT,
         3,
     )
-    ((event, notice),) = world.presence.ended_events
+    (event,) = world.presence.ended_events
+    notice = world.store.notices.of("local")[-1]
     assert event.reason is notice.reason is TerminationReason.LIVENESS_TIMEOUT
     assert (await stored(world, talking.session_id)).is_active
     answer = await meter(sm, on, silent.session_id, 2, 4)
@@ -696,7 +704,7 @@ async def test_a_gateway_is_chosen_by_service_type_and_load() -> None:
     store = InMemorySessionStore()
     store.add_gateway("gw-video", "10.0.0.2:5060", frozenset({ServiceType.VIDEO}))
     store.add_gateway("gw-off", "10.0.0.3:5060", enabled=False)
-    chooser = GatewayChooser(store)
+    chooser = GatewayChooser(store.registry)
     assert (await chooser.choose(ServiceType.VOICE)).gateway_id == "local"
     chosen = [(await chooser.choose(ServiceType.VIDEO)).gateway_id for _ in range(3)]
     assert chosen == ["gw-video", "gw-video", "local"]
@@ -705,7 +713,7 @@ async def test_a_gateway_is_chosen_by_service_type_and_load() -> None:
     closed = InMemorySessionStore()
     closed.add_gateway("local", "127.0.0.1:5060", enabled=False)
     with pytest.raises(FailedPrecondition) as none:
-        await GatewayChooser(closed).choose(ServiceType.VOICE)
+        await GatewayChooser(closed.registry).choose(ServiceType.VOICE)
     assert none.value.reason == "NO_GATEWAY"
 
 

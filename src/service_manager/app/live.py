@@ -7,10 +7,14 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from service_manager.domain.accounts import AccountSnapshot
 from service_manager.domain.quota import Grant
 from service_manager.domain.sessions import Session
+
+if TYPE_CHECKING:
+    from service_manager.app.metering import MeterStream
 
 
 @dataclass(slots=True, eq=False)
@@ -30,6 +34,12 @@ class LiveSession:
     """After a refused reservation: not before this monotonic time again."""
     final_units: bool = False
     """The last reservation found no money for another slice."""
+    final_noticed: bool = False
+    """The gateway was sent a FINAL_UNITS notice that no FINAL_UNITS_LIFTED followed."""
+    low_noticed: bool = False
+    """The gateway was sent a LOW_BALANCE notice (again once the balance recovered)."""
+    pushers: set[MeterStream] = field(default_factory=set, repr=False)
+    """The streams here that accept pushed responses for this session."""
     _reach: tuple[int, int, int, int] = field(default=(-1, -1, -1, 0), repr=False)
     _next: tuple[int, int, Grant | None] = field(default=(-1, -1, None), repr=False)
 
@@ -98,6 +108,9 @@ class LiveSessions:
         """A fresher read of an account: every session of it here uses it."""
         for session_id in self._by_account.get(snapshot.account_id, ()):
             self._sessions[session_id].account = snapshot
+
+    def of_account(self, account_id: str) -> list[LiveSession]:
+        return [self._sessions[i] for i in self._by_account.get(account_id, ())]
 
     def account(self, account_id: str) -> AccountSnapshot | None:
         """The snapshot a session of this account here already has, if any."""

@@ -3,22 +3,34 @@
 memory and answered at once. Usage goes to the database in batches (UsageBatcher), the
 next slice is reserved ahead in the background (Quota), displays hear of it through
 Presence, which sends in the background too. Only an update that has used the whole
-grant waits, for the slice that pays for it, or is cut off."""
+grant waits, for the slice that pays for it, or is cut off.
+
+The answers also carry the low-balance and final-unit indications; the gateway hears of
+each once (GatewayNotices), and of its lifting. A top-up (`on_funded`) reserves the next
+slice at once and pushes the new grant to the streams that accept pushes."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from meterline.kernel.errors import NotFound, Unavailable
 from meterline.kernel.principals import Principal
 from service_manager.app.live import LiveSession, LiveSessions
+from service_manager.app.notices import GatewayNotices
 from service_manager.app.ports import Fence, Funds, Presence, SessionStore, UsageWrite
 from service_manager.app.quota import Quota
 from service_manager.domain import quota as quota_rules
+from service_manager.domain.notices import (
+    FINAL_UNITS_MESSAGE,
+    LIFTED_MESSAGE,
+    LOW_BALANCE_MESSAGE,
+    GatewayNotice,
+    NoticeKind,
+)
 from service_manager.domain.records import UsageEvent
 from service_manager.domain.sessions import (
     TERMINATION_MESSAGES,
@@ -31,8 +43,6 @@ from service_manager.domain.sessions import (
 )
 
 log = logging.getLogger(__name__)
-
-FINAL_UNITS_MESSAGE = "These are the last units the balance pays for; fund the account to go on."
 
 
 class SessionMoved(Unavailable):
@@ -62,6 +72,10 @@ class Metered:
     """What the account would have left if the session ended now."""
     termination: Termination | None
     seconds_left: int | None
+    low_balance: bool = False
+    """The balance left is below the low-balance threshold."""
+    pushed: bool = False
+    """No update asked for it: pushed (a new grant after a top-up)."""
 
 
 @dataclass(slots=True, eq=False)
@@ -71,6 +85,13 @@ class MeterStream:
 
     principal: Principal
     attached: dict[str, LiveSession] = field(default_factory=dict)
+    outbox: asyncio.Queue[Metered | BaseException | None] | None = None
+    """Set when the stream accepts pushed responses: where its answers and pushes go (the
+    servicer also puts the reader's failure, or None once the updates ended)."""
+
+    def push(self, metered: Metered) -> None:
+        if self.outbox is not None:
+            self.outbox.put_nowait(metered)
 
 
 class Metering:
@@ -83,6 +104,8 @@ class Metering:
         live: LiveSessions,
         owner_id: str,
         max_sequence_gap: int,
+        notices: GatewayNotices | None = None,
+        low_balance_micros: int = 0,
     ) -> None:
         self._store = store
         self._funds = funds
@@ -91,6 +114,8 @@ class Metering:
         self._live = live
         self.owner_id = owner_id
         self._max_gap = max_sequence_gap
+        self._notices = notices
+        self.low_balance_micros = low_balance_micros
         self._attaching: dict[str, asyncio.Future[LiveSession | None]] = {}
         self.cut_off: Callable[[LiveSession], Awaitable[None]] | None = None
         """Set by the wiring: ends a session whose grant is used up (settlement)."""
@@ -142,14 +167,20 @@ class Metering:
     def answer(self, live: LiveSession) -> Metered:
         session = live.session
         balance = quota_rules.display_balance(session, live.account)
+        seconds_left = self._seconds_left(live)
         termination = None
+        low = False
         if session.status is not SessionStatus.ACTIVE:
             reason = session.termination_reason or TerminationReason.CLIENT_STOP
             termination = Termination(reason, TERMINATION_MESSAGES[reason], False, True)
-        elif live.final_units and self._quota.near_end(live):
-            termination = Termination(
-                TerminationReason.BALANCE_EXHAUSTED, FINAL_UNITS_MESSAGE, True, False
-            )
+        else:
+            if live.final_units and self._quota.near_end(live):
+                termination = Termination(
+                    TerminationReason.BALANCE_EXHAUSTED, FINAL_UNITS_MESSAGE, True, False
+                )
+            low = quota_rules.low_balance(session, balance, self.low_balance_micros)
+            if low is not live.low_noticed or live.final_noticed is not (termination is not None):
+                self._tell_gateway(live, termination is not None, low, balance, seconds_left)
         self._presence.usage(
             session,
             UsageEvent(
@@ -161,9 +192,84 @@ class Metering:
                 ended=termination is not None and termination.ended,
                 reason=termination.reason if termination else None,
                 final_units=termination is not None and termination.final_unit_indication,
+                low_balance=low,
+                seconds_left=seconds_left,
             ),
         )
-        return Metered(session, balance, termination, self._seconds_left(live))
+        return Metered(session, balance, termination, seconds_left, low)
+
+    def _tell_gateway(
+        self, live: LiveSession, final: bool, low: bool, balance: int, seconds_left: int | None
+    ) -> None:
+        """The answer's indications changed: the gateway hears of a new low balance, of the
+        final units, and of their lifting (each once)."""
+        kinds = []
+        if live.final_noticed and not final and not live.final_units:
+            kinds.append((NoticeKind.FINAL_UNITS_LIFTED, LIFTED_MESSAGE))
+        if low and not live.low_noticed:
+            kinds.append((NoticeKind.LOW_BALANCE, LOW_BALANCE_MESSAGE))
+        if final and not live.final_noticed:
+            kinds.append((NoticeKind.FINAL_UNITS, FINAL_UNITS_MESSAGE))
+        live.low_noticed = low
+        if final:
+            live.final_noticed = True
+        elif not live.final_units:
+            live.final_noticed = False
+        if self._notices is None:
+            return
+        session = live.session
+        for kind, message in kinds:
+            self._notices.send(
+                GatewayNotice(
+                    gateway_id=session.gateway_id,
+                    session_id=session.session_id,
+                    account_id=session.account_id,
+                    kind=kind,
+                    message=message,
+                    reason=(
+                        TerminationReason.BALANCE_EXHAUSTED
+                        if kind is NoticeKind.FINAL_UNITS
+                        else None
+                    ),
+                    balance_micros=balance,
+                    seconds_left=seconds_left,
+                    granted_units=session.granted_units,
+                )
+            )
+
+    async def on_funded(self, account_id: str) -> int:
+        """The account was topped up: its sessions here that are on their final units (or
+        near the end of their grant) get the next slice now, and the streams that accept
+        pushes hear of the new grant without waiting for their next update. Returns how
+        many sessions got a new grant."""
+        lives = [
+            live
+            for live in self._live.of_account(account_id)
+            if live.session.is_active and not live.lost
+        ]
+        if not lives:
+            return 0
+        try:
+            snapshot = await self._funds.account(account_id)
+        except Unavailable as error:
+            log.info("account %s funded, but not read again: %s", account_id, error)
+            return 0
+        self._live.update_account(snapshot)
+        granted = 0
+        for live in lives:
+            live.account = snapshot
+            before = live.session.granted_units
+            if live.final_units or self._quota.near_end(live):
+                await self._quota.grant_now(live)
+            if live.lost or not live.session.is_active:
+                continue
+            metered = self.answer(live)
+            if live.session.granted_units > before:
+                granted += 1
+                pushed = replace(metered, pushed=True)
+                for stream in list(live.pushers):
+                    stream.push(pushed)
+        return granted
 
     def _seconds_left(self, live: LiveSession) -> int | None:
         session = live.session
@@ -208,6 +314,8 @@ class Metering:
                 stream.principal.require_session(live.session.account_id, live.session.gateway_id)
                 live.streams += 1
                 stream.attached[session_id] = live
+                if stream.outbox is not None:
+                    live.pushers.add(stream)
                 return live
             pending = self._attaching.get(session_id)
             if pending is None:
@@ -226,6 +334,8 @@ class Metering:
         if live is not None:
             live.streams += 1
             stream.attached[session_id] = live
+            if stream.outbox is not None:
+                live.pushers.add(stream)
         return live
 
     async def _take_over(self, principal: Principal, session_id: str) -> LiveSession | None:
@@ -255,6 +365,7 @@ class Metering:
         what it reported is written."""
         for live in stream.attached.values():
             live.streams -= 1
+            live.pushers.discard(stream)
             # A session with usage still to write stays until the next batch has it (the
             # batcher lets it go then): many streams closing at once make one statement.
             if live.streams == 0 and not live.dirty:

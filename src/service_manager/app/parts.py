@@ -6,9 +6,13 @@ from dataclasses import dataclass
 
 from meterline.kernel.errors import PermissionDenied
 from meterline.kernel.principals import Principal, PrincipalKind
+from meterline.kernel.tickets import PublicTicketKey
 from service_manager.app.gateway_reports import ReportGatewayUsage
+from service_manager.app.gateways import GatewayAdmin
+from service_manager.app.identities import IdentityAdmin
 from service_manager.app.limits import StreamLimits
 from service_manager.app.metering import Metering
+from service_manager.app.notices import GatewayWatch
 from service_manager.app.ports import ActiveUser, Presence, Subscriptions
 from service_manager.app.start import StartSession
 from service_manager.app.stop import StopSession
@@ -24,6 +28,10 @@ class ServiceManagerParts:
     subscriptions: Subscriptions
     meter_streams: StreamLimits
     watches: StreamLimits
+    gateways: GatewayAdmin
+    identities: IdentityAdmin
+    gateway_watch: GatewayWatch
+    ticket_key: PublicTicketKey
 
     async def active(self, principal: Principal, account_id: str) -> list[ActiveUser]:
         """The collection of active end users a caller may see."""

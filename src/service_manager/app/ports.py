@@ -11,7 +11,11 @@ from typing import Protocol
 
 from meterline.kernel.media import ServiceType
 from service_manager.domain.accounts import AccountSnapshot
-from service_manager.domain.records import ServiceRecord, TerminationNotice, UsageEvent
+from service_manager.domain.components import ComponentKey, PublishedComponent
+from service_manager.domain.gateways import Gateway, GatewayChange
+from service_manager.domain.identities import AccountIdentity, Identity
+from service_manager.domain.notices import GatewayNotice
+from service_manager.domain.records import ServiceRecord, UsageEvent
 from service_manager.domain.sessions import Session, SessionRate, SessionStatus, TerminationReason
 
 
@@ -51,16 +55,6 @@ class Ownership:
 
 
 @dataclass(frozen=True, slots=True)
-class GatewayInfo:
-    gateway_id: str
-    address: str
-    service_types: frozenset[ServiceType] | None
-    """None: every service type."""
-    enabled: bool
-    active_sessions: int
-
-
-@dataclass(frozen=True, slots=True)
 class ActiveUser:
     """One entry of the collection of active end users."""
 
@@ -75,7 +69,7 @@ class ActiveUser:
 
 
 class SessionStore(Protocol):
-    """The service database: sessions, their holds, gateways and service records."""
+    """The service database: sessions, their holds and service records."""
 
     async def insert_new(self, session: Session, request_id: str | None) -> bool:
         """Write a new session; False (and nothing written) if request_id is taken."""
@@ -122,17 +116,26 @@ class SessionStore(Protocol):
         """(hold_id, amount) of the recorded holds, oldest first."""
 
     async def claim_settlement(
-        self, session_id: str, final_used: int, reason: TerminationReason
+        self,
+        session_id: str,
+        final_used: int,
+        reason: TerminationReason,
+        client_final: int = 0,
+        gateway_final: int = 0,
     ) -> Session | None:
-        """ACTIVE -> SETTLING with the final usage (never below what is stored) and the
-        reason, under a new epoch; None if the session was not active."""
+        """ACTIVE -> SETTLING with the final usage and the reporters' final counts (none
+        below what is stored) and the reason, under a new epoch; None if the session was
+        not active."""
 
     async def claim_stale_settlement(self, session_id: str, before: datetime) -> Session | None:
         """Take over a settlement whose settler has not been heard of since `before`."""
 
-    async def finish(self, record: ServiceRecord, fence: Fence) -> ServiceRecord:
-        """Write the service record and mark the session ENDED, together; returns the
-        stored record (the first one, if it was written before)."""
+    async def finish(
+        self, record: ServiceRecord, fence: Fence, notice: GatewayNotice
+    ) -> ServiceRecord:
+        """Write the service record, mark the session ENDED and append the gateway's ENDED
+        notice, together (a termination is never lost between them); returns the stored
+        record (the first one, if it was written before, and then no second notice)."""
 
     async def record(self, session_id: str) -> ServiceRecord | None: ...
 
@@ -144,9 +147,66 @@ class SessionStore(Protocol):
 
     async def active_sessions(self) -> list[Session]: ...
 
-    async def gateways(self) -> list[GatewayInfo]: ...
 
-    async def gateway_address(self, gateway_id: str) -> str: ...
+class GatewayRegistry(Protocol):
+    """The registered gateways (service database)."""
+
+    async def gateways(self) -> list[Gateway]:
+        """Every gateway, by id, each with its active sessions counted."""
+
+    async def gateway(self, gateway_id: str) -> Gateway | None:
+        """One gateway (its active sessions not counted)."""
+
+    async def register(self, gateway: Gateway) -> tuple[Gateway, bool]:
+        """Add a gateway; (the stored one, True). A gateway of that id already there is
+        returned with False (the caller compares)."""
+
+    async def update(self, gateway_id: str, change: GatewayChange) -> Gateway | None:
+        """Apply a change under the gateway's row lock; None if there is no such gateway."""
+
+    async def seen(self, gateway_ids: Sequence[str], at: datetime) -> None:
+        """The gateways were heard of at `at` (never moves a time back)."""
+
+
+class Identities(Protocol):
+    """Subscriber identities of accounts (service database); one account per identity."""
+
+    async def add(self, account_id: str, identity: Identity) -> AccountIdentity:
+        """Map the identity to the account; the existing mapping if it is there already
+        (of this account or another: the caller compares)."""
+
+    async def remove(self, account_id: str, identity: Identity) -> bool: ...
+
+    async def of_account(self, account_id: str) -> list[AccountIdentity]:
+        """By kind, then value."""
+
+    async def resolve(self, identity: Identity) -> str | None:
+        """The account the identity names."""
+
+
+class NoticeLog(Protocol):
+    """Each gateway's durable stream of notices (service database): cursors 1, 2, 3...
+    per gateway, in the order they were written, kept for the retention period."""
+
+    async def append(self, notice: GatewayNotice) -> int:
+        """Store a notice; its cursor."""
+
+    async def after(self, gateway_id: str, cursor: int, limit: int) -> list[GatewayNotice]:
+        """The notices after `cursor`, oldest first."""
+
+    async def bounds(self, gateway_id: str) -> tuple[int, int]:
+        """(the oldest cursor kept, the newest written); (newest + 1, newest) when none
+        is kept, (1, 0) for a gateway without notices."""
+
+    async def prune(self, before: datetime) -> int:
+        """Delete the notices written before `before`; how many."""
+
+    def mark(self, gateway_id: str) -> int:
+        """A mark for `wait`, taken before reading with `after`."""
+
+    async def wait(self, gateway_id: str, mark: int, within: float) -> None:
+        """Return once a notice for the gateway may have been written (by any instance)
+        since `mark` was taken, or after `within` seconds."""
 
 
 class Funds(Protocol):
@@ -179,7 +239,7 @@ class Presence(Protocol):
     def usage(self, session: Session, event: UsageEvent) -> None:
         """The newest usage of a session; older unsent ones may be dropped."""
 
-    def ended(self, session_id: str, event: UsageEvent, notice: TerminationNotice) -> None: ...
+    def ended(self, session_id: str, event: UsageEvent) -> None: ...
 
     async def active(self, account_id: str = "") -> list[ActiveUser]: ...
 
@@ -194,4 +254,22 @@ class Subscriptions(Protocol):
 
     def account_events(self, account_id: str) -> AsyncIterator[UsageEvent]: ...
 
-    def gateway_notices(self, gateway_id: str) -> AsyncIterator[TerminationNotice]: ...
+
+class ComponentStore(Protocol):
+    """Published client components and their bytes. A component and all its chunks are
+    written in one transaction, so none is ever seen half stored."""
+
+    async def versions(self, key: ComponentKey) -> list[PublishedComponent]:
+        """Every published version of one component, in no order."""
+
+    async def listed(self, name: str = "", platform: str = "") -> list[PublishedComponent]:
+        """Every published component ('' matches any name or platform), in no order."""
+
+    async def insert(self, component: PublishedComponent, chunks: AsyncIterator[bytes]) -> bool:
+        """Store the component and its chunks (chunk n is the n-th item; each but the last
+        has `component.chunk_bytes` bytes). False, and nothing stored, when its version is
+        already published for its name and platform. An error raised by `chunks` stores
+        nothing and propagates."""
+
+    async def chunk(self, component_id: str, index: int) -> bytes | None:
+        """One chunk of a stored component (None past the last)."""

@@ -113,6 +113,20 @@ class Quota:
         live.reserving = asyncio.create_task(self._reserve_next(live, refresh=True))
         await asyncio.shield(live.reserving)
 
+    async def grant_now(self, live: LiveSession) -> bool:
+        """The account was funded: reserve the next slice now, whatever the retry pause
+        after a refusal (the account snapshot is fresh). True if a slice was granted."""
+        before = live.session.granted_units
+        if live.reserving is not None:
+            await asyncio.shield(live.reserving)
+        if live.lost or not live.session.is_active:
+            return False
+        if live.session.granted_units > before or not (live.final_units or self.near_end(live)):
+            return live.session.granted_units > before  # the one under way did it
+        live.next_try_at = 0.0
+        live.reserving = asyncio.create_task(self._reserve_next(live))
+        return await asyncio.shield(live.reserving)
+
     async def _reserve_next(self, live: LiveSession, refresh: bool = False) -> bool:
         try:
             if refresh:

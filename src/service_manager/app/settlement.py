@@ -1,7 +1,10 @@
 """Settlement: end a session, capture exactly the charge of its final usage from its holds
-(oldest first), release the rest, write the service record, and tell presence. Safe to
-repeat and to resume after a crash: the final usage is fixed (ACTIVE -> SETTLING) before
-any money moves, and every movement is keyed by the session and the hold."""
+(oldest first), release the rest, write the service record with the gateway's ENDED
+notice, and tell presence. Safe to repeat and to resume after a crash: the final usage is
+fixed (ACTIVE -> SETTLING) before any money moves, and every movement is keyed by the
+session and the hold. Usage beyond what the holds pay for is recorded on the record
+(unbilled, with why) and ends the session as BALANCE_EXHAUSTED; the gateway's and the
+device's counts are both kept, with their difference."""
 
 from __future__ import annotations
 
@@ -12,10 +15,17 @@ from datetime import UTC, datetime, timedelta
 from meterline.kernel.errors import NotFound, Unavailable
 from service_manager.app.live import LiveSession, LiveSessions
 from service_manager.app.metering import UsageBatcher
+from service_manager.app.notices import GatewayNotices
 from service_manager.app.ports import Fence, Funds, Presence, SessionStore
 from service_manager.app.quota import Quota
 from service_manager.domain import quota as rules
-from service_manager.domain.records import ServiceRecord, TerminationNotice, UsageEvent
+from service_manager.domain.notices import GatewayNotice, NoticeKind
+from service_manager.domain.records import (
+    ServiceRecord,
+    UsageEvent,
+    unbilled,
+    usage_discrepancy,
+)
 from service_manager.domain.sessions import (
     TERMINATION_MESSAGES,
     Session,
@@ -41,6 +51,7 @@ class Settlement:
         live: LiveSessions,
         batcher: UsageBatcher,
         owner_id: str,
+        notices: GatewayNotices | None = None,
     ) -> None:
         self._store = store
         self._funds = funds
@@ -49,6 +60,7 @@ class Settlement:
         self._live = live
         self._batcher = batcher
         self._owner_id = owner_id
+        self._notices = notices
 
     async def settle(
         self,
@@ -88,7 +100,13 @@ class Settlement:
                 "gateway": current.gateway_used_units,
             }.get(reporter, 0)
             ensure_not_backwards(floor, final_used)
-        claimed = await self._store.claim_settlement(session_id, final_used or 0, reason)
+        claimed = await self._store.claim_settlement(
+            session_id,
+            final_used or 0,
+            reason,
+            client_final=(final_used or 0) if reporter == "client" else 0,
+            gateway_final=(final_used or 0) if reporter == "gateway" else 0,
+        )
         if claimed is None:
             return await self._join(session_id)
         if live is not None:
@@ -133,6 +151,12 @@ class Settlement:
             else:
                 await self._funds.release(hold_id, key)
         reason = session.termination_reason or TerminationReason.CLIENT_STOP
+        unbilled_units, unbilled_reason = unbilled(session.used_units, session.billable_units)
+        if unbilled_units:
+            # Usage the holds could not pay for: the session ended at the grant.
+            reason = TerminationReason.BALANCE_EXHAUSTED
+        if self._notices is not None:
+            await self._notices.drain(session_id)  # its earlier notices come first
         record = await self._store.finish(
             ServiceRecord(
                 session_id=session_id,
@@ -148,8 +172,26 @@ class Settlement:
                 billed_units=session.billable_units,
                 charged_micros=charge,
                 termination_reason=reason,
+                unbilled_units=unbilled_units,
+                unbilled_reason=unbilled_reason,
+                usage_discrepancy=usage_discrepancy(
+                    session.last_sequence > 0 or session.client_used_units > 0,
+                    session.client_used_units,
+                    session.gateway_used_units,
+                ),
+                client_used_units=session.client_used_units,
+                gateway_used_units=session.gateway_used_units,
             ),
             fence,
+            GatewayNotice(
+                gateway_id=session.gateway_id,
+                session_id=session_id,
+                account_id=session.account_id,
+                kind=NoticeKind.ENDED,
+                message=TERMINATION_MESSAGES[reason],
+                reason=reason,
+                granted_units=session.granted_units,
+            ),
         )
         session.status = SessionStatus.ENDED
         balance = await self._announce(session, live, record)
@@ -209,12 +251,6 @@ class Settlement:
                 used_units=record.used_units,
                 ended=True,
                 reason=reason,
-            ),
-            TerminationNotice(
-                session_id=session.session_id,
-                gateway_id=session.gateway_id,
-                reason=reason,
-                message=TERMINATION_MESSAGES[reason],
             ),
         )
         return balance

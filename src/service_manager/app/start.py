@@ -1,7 +1,9 @@
-"""StartService: validate, check the account and rate it (at once), choose a gateway,
-write the session with its first hold as pending, reserve the hold, answer. The hold is
-recorded and presence written right after, off the answer's path; a start that cannot
-finish once its hold may exist gives the hold back at once."""
+"""StartService: validate, find the account (named, or by the subscriber's identity for a
+gateway), check it and rate it (at once), choose a gateway (or, for a start by a gateway,
+run through that gateway), write the session with its first hold as pending, reserve the
+hold, answer with a session ticket the gateway verifies offline. The hold is recorded and
+presence written right after, off the answer's path; a start that cannot finish once its
+hold may exist gives the hold back at once."""
 
 from __future__ import annotations
 
@@ -20,13 +22,18 @@ from meterline.kernel.errors import (
     InvalidArgument,
     MeterlineError,
     NotFound,
+    PermissionDenied,
 )
 from meterline.kernel.media import MAX_ENDPOINT_LENGTH, ServiceType, validate_endpoint
-from meterline.kernel.principals import Principal
-from meterline.kernel.tokens import TokenSigner
+from meterline.kernel.principals import Principal, PrincipalKind
+from meterline.kernel.tickets import TicketSigner
 from service_manager.app.gateways import GatewayChooser
+from service_manager.app.identities import IdentityAdmin
 from service_manager.app.ports import Fence, Funds, Presence, Rates, SessionStore
 from service_manager.app.quota import Quota, hold_key
+from service_manager.domain import gateways as gateway_rules
+from service_manager.domain.gateways import Gateway
+from service_manager.domain.identities import IdentityKind
 from service_manager.domain.sessions import Session, SessionStatus
 
 log = logging.getLogger(__name__)
@@ -43,6 +50,9 @@ class StartRequest:
     endpoint: str
     application_id: str = ""
     request_id: str = ""
+    region: str = ""
+    identity: tuple[IdentityKind, str] | None = None
+    """The subscriber by identity (kind, value), instead of or as well as account_id."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,10 +73,11 @@ class StartSession:
         quota: Quota,
         gateways: GatewayChooser,
         presence: Presence,
-        signer: TokenSigner,
+        tickets: TicketSigner,
         owner_id: str,
         validity: timedelta,
         abandon: Callable[[str], Coroutine[Any, Any, None]],
+        identities: IdentityAdmin | None = None,
     ) -> None:
         self._store = store
         self._funds = funds
@@ -74,7 +85,8 @@ class StartSession:
         self._quota = quota
         self._gateways = gateways
         self._presence = presence
-        self._signer = signer
+        self._tickets = tickets
+        self._identities = identities
         self._owner_id = owner_id
         self._validity = validity
         self._abandon = abandon
@@ -82,10 +94,10 @@ class StartSession:
         self._background: set[asyncio.Task[None]] = set()
 
     async def __call__(self, principal: Principal, request: StartRequest) -> Started:
-        principal.require_account(request.account_id)
         request = _validated(request)
+        request, through = await self._subscriber(principal, request)
         if not request.request_id:
-            return await self._start(request)
+            return await self._start(request, through)
         first = self._in_flight.get(request.request_id)
         if first is not None:
             # The same request is being started here: its answer is this one's too.
@@ -101,7 +113,7 @@ class StartSession:
         future: asyncio.Future[Started] = asyncio.get_running_loop().create_future()
         self._in_flight[request.request_id] = future
         try:
-            started = await self._start(request)
+            started = await self._start(request, through)
         except BaseException as error:
             future.set_exception(error)
             future.exception()  # retrieved: waiters get it through shield
@@ -112,7 +124,45 @@ class StartSession:
         finally:
             del self._in_flight[request.request_id]
 
-    async def _start(self, request: StartRequest) -> Started:
+    async def _subscriber(
+        self, principal: Principal, request: StartRequest
+    ) -> tuple[StartRequest, str | None]:
+        """The account to charge, and the gateway the session must run through (a
+        gateway's start by identity runs through that gateway only)."""
+        if request.identity is not None:
+            if principal.kind is PrincipalKind.DEVICE:
+                # Nor may it learn, by trying, which numbers other accounts have.
+                raise PermissionDenied("A device starts sessions by its own account id.")
+            if self._identities is None:
+                raise FailedPrecondition("Subscriber identities are not kept here.")
+            account_id = await self._identities.account_of(*request.identity)
+            if request.account_id and request.account_id != account_id:
+                raise InvalidArgument(
+                    "account_id and identity name different accounts; give one of them."
+                )
+            request = replace(request, account_id=account_id)
+        if principal.kind is PrincipalKind.GATEWAY:
+            if request.identity is None:
+                raise PermissionDenied(
+                    "A gateway starts a session for the subscriber it names by identity "
+                    "(StartServiceRequest.identity), not by account id."
+                )
+            return request, principal.gateway_id
+        if not request.account_id:
+            raise InvalidArgument("account_id (or identity) is missing.")
+        principal.require_account(request.account_id)
+        return request, None
+
+    async def _gateway(self, request: StartRequest, through: str | None) -> Gateway:
+        if through is None:
+            return await self._gateways.choose(request.service_type, request.region)
+        gateway = gateway_rules.route_through(
+            await self._gateways.gateway(through), through, request.service_type, request.region
+        )
+        self._gateways.counted(gateway.gateway_id)
+        return gateway
+
+    async def _start(self, request: StartRequest, through: str | None = None) -> Started:
         account, rate = await asyncio.gather(
             self._funds.account(request.account_id),
             self._rates.rate(request.service_type, request.endpoint, request.account_id),
@@ -128,7 +178,7 @@ class StartSession:
                 f"in {account.currency}; no rate applies to this account.",
                 reason="CURRENCY_MISMATCH",
             )
-        gateway = await self._gateways.choose(request.service_type)
+        gateway = await self._gateway(request, through)
         now = datetime.now(UTC)
         session = Session(
             session_id=f"ses_{uuid.uuid4().hex}",
@@ -268,8 +318,11 @@ class StartSession:
         )
 
     def _ticket(self, session: Session) -> str:
-        return self._signer.issue_session_ticket(
-            session.session_id, session.gateway_id, ttl=timedelta(hours=24)
+        return self._tickets.issue(
+            session.session_id,
+            session.gateway_id,
+            session.service_type.value,
+            session.endpoint,
         )
 
     async def close(self) -> None:
@@ -286,12 +339,6 @@ def _validated(request: StartRequest) -> StartRequest:
         raise InvalidArgument(f"application_id is longer than {MAX_ENDPOINT_LENGTH} characters.")
     if len(request.request_id) > MAX_REQUEST_ID_LENGTH:
         raise InvalidArgument(f"request_id is longer than {MAX_REQUEST_ID_LENGTH} characters.")
-    if endpoint == request.endpoint:
-        return request
-    return StartRequest(
-        request.account_id,
-        request.service_type,
-        endpoint,
-        request.application_id,
-        request.request_id,
-    )
+    if request.region:
+        gateway_rules.validate_region(request.region)
+    return request if endpoint == request.endpoint else replace(request, endpoint=endpoint)

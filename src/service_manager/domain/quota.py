@@ -110,3 +110,9 @@ def estimated_seconds_left(session: Session, available_micros: int) -> int | Non
     if session.rate.unit is not Unit.SECOND or session.rate.is_free:
         return None
     return max(reachable_units(session, available_micros) - session.used_units, 0)
+
+
+def low_balance(session: Session, balance_micros: int, threshold_micros: int) -> bool:
+    """Whether the balance a session would leave is below the threshold (never for a
+    free session, which cannot run it down; never with a threshold of 0)."""
+    return threshold_micros > 0 and balance_micros < threshold_micros and not session.rate.is_free

@@ -1,5 +1,6 @@
 """Presence in Redis: the collection of active end users (user, service type, rate,
-endpoint, start, usage) and the event channels displays and gateways listen on.
+endpoint, start, usage) and the event channels displays listen on (gateways have their
+durable notice streams in the service database instead, storage/notice_log.py).
 
 Nothing waits for Redis: changes are queued and a writer sends them every tick in one
 pipeline; of a session's usage only the newest is sent. If Redis is down they wait (the
@@ -23,7 +24,7 @@ from redis.typing import EncodableT, FieldT
 from meterline.kernel.errors import Unavailable
 from meterline.kernel.media import ServiceType
 from service_manager.app.ports import ActiveUser
-from service_manager.domain.records import TerminationNotice, UsageEvent
+from service_manager.domain.records import UsageEvent
 from service_manager.domain.sessions import Session
 from service_manager.rates import session_rate_from_json, session_rate_to_json
 
@@ -52,6 +53,8 @@ def usage_event_to_json(event: UsageEvent) -> str:
             "ended": event.ended,
             "reason": event.reason.value if event.reason else "",
             "final_units": event.final_units,
+            "low_balance": event.low_balance,
+            "seconds_left": event.seconds_left,
         }
     )
 
@@ -72,9 +75,6 @@ class Keys:
 
     def account_channel(self, account_id: str) -> str:
         return f"{self.prefix}:events:account:{account_id}"
-
-    def gateway_channel(self, gateway_id: str) -> str:
-        return f"{self.prefix}:events:gateway:{gateway_id}"
 
 
 def _entry(session: Session) -> dict[FieldT, EncodableT]:
@@ -110,29 +110,13 @@ class RedisPresence:
     def usage(self, session: Session, event: UsageEvent) -> None:
         self._usage[session.session_id] = (event, session.used_units)
 
-    def ended(self, session_id: str, event: UsageEvent, notice: TerminationNotice) -> None:
+    def ended(self, session_id: str, event: UsageEvent) -> None:
         self._usage.pop(session_id, None)
         self._noted.pop(session_id, None)
         self._shown.pop(session_id, None)
         self._queue(("remove", session_id))
         self._queue(
             ("publish", (self.keys.account_channel(event.account_id), usage_event_to_json(event)))
-        )
-        self._queue(
-            (
-                "publish",
-                (
-                    self.keys.gateway_channel(notice.gateway_id),
-                    json.dumps(
-                        {
-                            "session_id": notice.session_id,
-                            "gateway_id": notice.gateway_id,
-                            "reason": notice.reason.value,
-                            "message": notice.message,
-                        }
-                    ),
-                ),
-            )
         )
 
     def _queue(self, change: tuple[str, Any]) -> None:

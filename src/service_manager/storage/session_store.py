@@ -1,4 +1,4 @@
-"""Sessions, their holds, gateways and service records in PostgreSQL, through psycopg 3
+"""Sessions, their holds and service records in PostgreSQL, through psycopg 3
 and a pool of connections (the tables are SQLAlchemy's in models.py, for Alembic). Every
 write of an owner carries the session's status and epoch (a Fence) and is refused when
 they no longer match. Connections a PostgreSQL restart broke are dropped and the work is
@@ -20,10 +20,12 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from meterline.kernel.db import libpq_dsn
 from meterline.kernel.errors import Unavailable
 from meterline.kernel.media import ServiceType
-from service_manager.app.ports import Fence, GatewayInfo, Ownership, UsageWrite
+from service_manager.app.ports import Fence, Ownership, UsageWrite
+from service_manager.domain.notices import GatewayNotice
 from service_manager.domain.records import ServiceRecord
 from service_manager.domain.sessions import Session, SessionStatus, TerminationReason
 from service_manager.rates import session_rate_from_json, session_rate_to_json
+from service_manager.storage.notice_log import APPEND_SQL, append_params
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -87,6 +89,11 @@ def _record(row: dict[str, Any]) -> ServiceRecord:
         billed_units=row["billed_units"],
         charged_micros=row["charged_micros"],
         termination_reason=TerminationReason(row["termination_reason"]),
+        unbilled_units=row["unbilled_units"],
+        unbilled_reason=row["unbilled_reason"],
+        usage_discrepancy=row["usage_discrepancy"],
+        client_used_units=row["client_used_units"],
+        gateway_used_units=row["gateway_used_units"],
     )
 
 
@@ -210,43 +217,6 @@ class PostgresSessionStore:
             "DELETE FROM sessions WHERE session_id = %s AND hold_count = 0 RETURNING session_id",
             (session_id,),
         )
-
-    async def gateways(self) -> list[GatewayInfo]:
-        async def work(conn: Connection) -> list[dict[str, Any]]:
-            cursor = await conn.execute(
-                "SELECT g.gateway_id, g.address, g.service_types, g.enabled, "
-                "coalesce(l.active, 0) AS active FROM gateways g LEFT JOIN "
-                "(SELECT gateway_id, count(*) AS active FROM sessions WHERE status = 'ACTIVE' "
-                "GROUP BY gateway_id) l ON l.gateway_id = g.gateway_id ORDER BY g.gateway_id"
-            )
-            return await cursor.fetchall()
-
-        rows = await self._run(work)
-        found = []
-        for row in rows:
-            types = row["service_types"].strip()
-            found.append(
-                GatewayInfo(
-                    gateway_id=row["gateway_id"],
-                    address=row["address"],
-                    service_types=(
-                        None
-                        if types == "*"
-                        else frozenset(
-                            ServiceType(name.strip())
-                            for name in types.split(",")
-                            if name.strip() in ServiceType.__members__
-                        )
-                    ),
-                    enabled=row["enabled"],
-                    active_sessions=int(row["active"]),
-                )
-            )
-        return found
-
-    async def gateway_address(self, gateway_id: str) -> str:
-        row = await self._one("SELECT address FROM gateways WHERE gateway_id = %s", (gateway_id,))
-        return str(row["address"]) if row else ""
 
     # -- owning and metering ---------------------------------------------------------------
 
@@ -395,13 +365,20 @@ class PostgresSessionStore:
     # -- settling ----------------------------------------------------------------------------
 
     async def claim_settlement(
-        self, session_id: str, final_used: int, reason: TerminationReason
+        self,
+        session_id: str,
+        final_used: int,
+        reason: TerminationReason,
+        client_final: int = 0,
+        gateway_final: int = 0,
     ) -> Session | None:
         row = await self._one(
             "UPDATE sessions SET status = 'SETTLING', used_units = greatest(used_units, %s), "
+            "client_used_units = greatest(client_used_units, %s), "
+            "gateway_used_units = greatest(gateway_used_units, %s), "
             "termination_reason = %s, owner_epoch = owner_epoch + 1, last_update_at = now() "
             f"WHERE session_id = %s AND status = 'ACTIVE' RETURNING {_SESSION_COLUMNS}",
-            (final_used, reason.value, session_id),
+            (final_used, client_final, gateway_final, reason.value, session_id),
         )
         return _session(row) if row else None
 
@@ -415,15 +392,19 @@ class PostgresSessionStore:
         )
         return _session(row) if row else None
 
-    async def finish(self, record: ServiceRecord, fence: Fence) -> ServiceRecord:
+    async def finish(
+        self, record: ServiceRecord, fence: Fence, notice: GatewayNotice
+    ) -> ServiceRecord:
         async def work(conn: Connection) -> ServiceRecord:
             async with conn.transaction():
-                await conn.execute(
+                inserted = await conn.execute(
                     "INSERT INTO service_records (session_id, account_id, service_type, "
                     "endpoint, application_id, gateway_id, rate, started_at, ended_at, "
-                    "used_units, billed_units, charged_micros, termination_reason) VALUES "
-                    "(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s) "
-                    "ON CONFLICT (session_id) DO NOTHING",
+                    "used_units, billed_units, charged_micros, termination_reason, "
+                    "unbilled_units, unbilled_reason, usage_discrepancy, client_used_units, "
+                    "gateway_used_units) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                    "%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (session_id) DO NOTHING "
+                    "RETURNING session_id",
                     (
                         record.session_id,
                         record.account_id,
@@ -438,8 +419,16 @@ class PostgresSessionStore:
                         record.billed_units,
                         record.charged_micros,
                         record.termination_reason.value,
+                        record.unbilled_units,
+                        record.unbilled_reason,
+                        record.usage_discrepancy,
+                        record.client_used_units,
+                        record.gateway_used_units,
                     ),
                 )
+                if await inserted.fetchone() is not None:
+                    # The gateway's ENDED notice commits with the record, or neither does.
+                    await conn.execute(APPEND_SQL, append_params(notice))
                 await conn.execute(
                     "UPDATE sessions SET status = 'ENDED' WHERE session_id = %s "
                     "AND status = 'SETTLING'",

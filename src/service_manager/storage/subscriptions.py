@@ -1,7 +1,8 @@
 """Live events for watchers: one Redis subscription connection per instance, shared by
-every WatchAccount and WatchTerminations stream of it; messages are fanned out in the
-process to a bounded queue per watcher (a slow watcher loses its oldest usage events,
-never anyone else's)."""
+every WatchAccount stream of it; messages are fanned out in the process to a bounded
+queue per watcher (a slow watcher loses its oldest usage events, never anyone else's).
+The same connection hears the billing manager's "account funded" events (a pattern
+subscription, kernel/account_events.py) and hands each to a callback."""
 
 from __future__ import annotations
 
@@ -9,14 +10,15 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from meterline.kernel.account_events import account_funded_pattern, funded_account
 from meterline.kernel.errors import Unavailable
-from service_manager.domain.records import TerminationNotice, UsageEvent
+from service_manager.domain.records import UsageEvent
 from service_manager.domain.sessions import TerminationReason
 from service_manager.storage.presence import Keys
 
@@ -34,8 +36,31 @@ class RedisSubscriptions:
         self._watchers: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
         self._lock = asyncio.Lock()
         self._reader: asyncio.Task[None] | None = None
+        self._prefix = prefix
+        self._on_funded: Callable[[str], Awaitable[object]] | None = None
+        self._funding: set[asyncio.Task[object]] = set()
+
+    async def follow_funding(self, on_funded: Callable[[str], Awaitable[object]]) -> None:
+        """Hear every "account funded" event, on the shared connection (the subscription
+        is renewed by the client when it reconnects). Runs until it has subscribed."""
+        self._on_funded = on_funded
+        failing = False
+        while True:
+            try:
+                async with self._lock:
+                    await self._pubsub.psubscribe(account_funded_pattern(self._prefix))
+                    if self._reader is None or self._reader.done():
+                        self._reader = asyncio.create_task(self._read())
+                return
+            except (RedisError, OSError) as error:
+                if not failing:
+                    log.warning("funding events not heard yet; trying again: %s", error)
+                failing = True
+                await asyncio.sleep(1.0)
 
     async def close(self) -> None:
+        for task in list(self._funding):
+            task.cancel()
         if self._reader is not None:
             self._reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -45,9 +70,6 @@ class RedisSubscriptions:
 
     def account_events(self, account_id: str) -> AsyncIterator[UsageEvent]:
         return self._account_events(self._keys.account_channel(account_id))
-
-    def gateway_notices(self, gateway_id: str) -> AsyncIterator[TerminationNotice]:
-        return self._gateway_notices(self._keys.gateway_channel(gateway_id))
 
     async def _account_events(self, channel: str) -> AsyncIterator[UsageEvent]:
         async for data in self._listen(channel):
@@ -60,15 +82,8 @@ class RedisSubscriptions:
                 ended=data["ended"],
                 reason=TerminationReason(data["reason"]) if data.get("reason") else None,
                 final_units=data.get("final_units", False),
-            )
-
-    async def _gateway_notices(self, channel: str) -> AsyncIterator[TerminationNotice]:
-        async for data in self._listen(channel):
-            yield TerminationNotice(
-                session_id=data["session_id"],
-                gateway_id=data["gateway_id"],
-                reason=TerminationReason(data["reason"]),
-                message=data["message"],
+                low_balance=data.get("low_balance", False),
+                seconds_left=data.get("seconds_left"),
             )
 
     async def _listen(self, channel: str) -> AsyncIterator[dict[str, Any]]:
@@ -125,10 +140,15 @@ class RedisSubscriptions:
             except RuntimeError:  # no subscription (yet, or any more)
                 await asyncio.sleep(0.1)
                 continue
-            if message is None or message.get("type") != "message":
+            if message is None:
                 continue
             channel = message["channel"]
             channel = channel.decode() if isinstance(channel, bytes) else channel
+            if message.get("type") == "pmessage":
+                self._funded(channel)
+                continue
+            if message.get("type") != "message":
+                continue
             watchers = self._watchers.get(channel)
             if not watchers:
                 continue
@@ -138,3 +158,17 @@ class RedisSubscriptions:
                     with contextlib.suppress(asyncio.QueueEmpty):
                         queue.get_nowait()
                 queue.put_nowait(data)
+
+    def _funded(self, channel: str) -> None:
+        account_id = funded_account(self._prefix, channel)
+        if account_id is None or self._on_funded is None:
+            return
+        task = asyncio.ensure_future(self._on_funded(account_id))
+        self._funding.add(task)
+        task.add_done_callback(self._funding.discard)
+        task.add_done_callback(_log_failure)
+
+
+def _log_failure(task: asyncio.Task[object]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("a funding event was not acted on: %s", task.exception())

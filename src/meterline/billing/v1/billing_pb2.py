@@ -22,58 +22,81 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"meterline/billing/v1/billing.proto\x12\x14meterline.billing.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"\x8f\x02\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x16\n\x0e\x62\x61lance_micros\x18\x04 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x05 \x01(\x03\x12\x33\n\x06status\x18\x06 \x01(\x0e\x32#.meterline.billing.v1.AccountStatus\x12\x1b\n\x13\x63redit_limit_micros\x18\x07 \x01(\x03\x12\x13\n\x0bheld_micros\x18\x08 \x01(\x03\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"[\n\x14\x43reateAccountRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x1b\n\x13\x63redit_limit_micros\x18\x03 \x01(\x03\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"X\n\x12\x46undAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\ramount_micros\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\"\xcf\x01\n\x0bTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x33\n\x04kind\x18\x02 \x01(\x0e\x32%.meterline.billing.v1.TransactionKind\x12\x12\n\naccount_id\x18\x03 \x01(\t\x12\x15\n\ramount_micros\x18\x04 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"}\n\x13\x46undAccountResponse\x12\x36\n\x0btransaction\x18\x01 \x01(\x0b\x32!.meterline.billing.v1.Transaction\x12.\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x1d.meterline.billing.v1.Account\"\xea\x01\n\x04Hold\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x15\n\ramount_micros\x18\x03 \x01(\x03\x12\x17\n\x0f\x63\x61ptured_micros\x18\x04 \x01(\x03\x12\x17\n\x0freleased_micros\x18\x05 \x01(\x03\x12\x30\n\x06status\x18\x06 \x01(\x0e\x32 .meterline.billing.v1.HoldStatus\x12\x11\n\treference\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"g\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\ramount_micros\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x11\n\treference\x18\x04 \x01(\t\"Q\n\x0e\x43\x61ptureRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x15\n\ramount_micros\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\":\n\x0eReleaseRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"\x96\x02\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\x03\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\x12\x33\n\x04kind\x18\x03 \x01(\x0e\x32%.meterline.billing.v1.TransactionKind\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12;\n\x0eledger_account\x18\x05 \x01(\x0e\x32#.meterline.billing.v1.LedgerAccount\x12\x15\n\ramount_micros\x18\x06 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07hold_id\x18\x08 \x01(\t\"U\n\x18ListLedgerEntriesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x19ListLedgerEntriesResponse\x12\x32\n\x07\x65ntries\x18\x01 \x03(\x0b\x32!.meterline.billing.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa7\x01\n\x16GenerateInvoiceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"\'\n\x11GetInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\"\x81\x01\n\x0bInvoiceLine\x12\x11\n\treference\x18\x01 \x01(\t\x12\x15\n\ramount_micros\x18\x02 \x01(\x03\x12\x30\n\x0c\x63\x61pture_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0etransaction_id\x18\x04 \x01(\t\"\x9e\x02\n\x07Invoice\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x30\n\x0cperiod_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctotal_micros\x18\x05 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x30\n\x05lines\x18\x07 \x03(\x0b\x32!.meterline.billing.v1.InvoiceLine\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*h\n\rAccountStatus\x12\x1e\n\x1a\x41\x43\x43OUNT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18\x41\x43\x43OUNT_STATUS_SUSPENDED\x10\x02*\xa8\x01\n\x0fTransactionKind\x12 \n\x1cTRANSACTION_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15TRANSACTION_KIND_FUND\x10\x01\x12\x1c\n\x18TRANSACTION_KIND_RESERVE\x10\x02\x12\x1c\n\x18TRANSACTION_KIND_CAPTURE\x10\x03\x12\x1c\n\x18TRANSACTION_KIND_RELEASE\x10\x04*s\n\nHoldStatus\x12\x1b\n\x17HOLD_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10HOLD_STATUS_OPEN\x10\x01\x12\x18\n\x14HOLD_STATUS_CAPTURED\x10\x02\x12\x18\n\x14HOLD_STATUS_RELEASED\x10\x03*\xb0\x01\n\rLedgerAccount\x12\x1e\n\x1aLEDGER_ACCOUNT_UNSPECIFIED\x10\x00\x12%\n!LEDGER_ACCOUNT_CUSTOMER_AVAILABLE\x10\x01\x12 \n\x1cLEDGER_ACCOUNT_CUSTOMER_HELD\x10\x02\x12\x1a\n\x16LEDGER_ACCOUNT_FUNDING\x10\x03\x12\x1a\n\x16LEDGER_ACCOUNT_REVENUE\x10\x04\x32\xb9\x06\n\x0e\x42illingManager\x12Z\n\rCreateAccount\x12*.meterline.billing.v1.CreateAccountRequest\x1a\x1d.meterline.billing.v1.Account\x12T\n\nGetAccount\x12\'.meterline.billing.v1.GetAccountRequest\x1a\x1d.meterline.billing.v1.Account\x12\x62\n\x0b\x46undAccount\x12(.meterline.billing.v1.FundAccountRequest\x1a).meterline.billing.v1.FundAccountResponse\x12K\n\x07Reserve\x12$.meterline.billing.v1.ReserveRequest\x1a\x1a.meterline.billing.v1.Hold\x12K\n\x07\x43\x61pture\x12$.meterline.billing.v1.CaptureRequest\x1a\x1a.meterline.billing.v1.Hold\x12K\n\x07Release\x12$.meterline.billing.v1.ReleaseRequest\x1a\x1a.meterline.billing.v1.Hold\x12t\n\x11ListLedgerEntries\x12..meterline.billing.v1.ListLedgerEntriesRequest\x1a/.meterline.billing.v1.ListLedgerEntriesResponse\x12^\n\x0fGenerateInvoice\x12,.meterline.billing.v1.GenerateInvoiceRequest\x1a\x1d.meterline.billing.v1.Invoice\x12T\n\nGetInvoice\x12\'.meterline.billing.v1.GetInvoiceRequest\x1a\x1d.meterline.billing.v1.Invoiceb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\"meterline/billing/v1/billing.proto\x12\x14meterline.billing.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xa1\x02\n\x07\x41\x63\x63ount\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x14\n\x0c\x64isplay_name\x18\x02 \x01(\t\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12\x16\n\x0e\x62\x61lance_micros\x18\x04 \x01(\x03\x12\x18\n\x10\x61vailable_micros\x18\x05 \x01(\x03\x12\x33\n\x06status\x18\x06 \x01(\x0e\x32#.meterline.billing.v1.AccountStatus\x12\x1b\n\x13\x63redit_limit_micros\x18\x07 \x01(\x03\x12\x13\n\x0bheld_micros\x18\x08 \x01(\x03\x12/\n\x0b\x63reate_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x10\n\x08postpaid\x18\n \x01(\x08\"[\n\x14\x43reateAccountRequest\x12\x14\n\x0c\x64isplay_name\x18\x01 \x01(\t\x12\x10\n\x08\x63urrency\x18\x02 \x01(\t\x12\x1b\n\x13\x63redit_limit_micros\x18\x03 \x01(\x03\"\'\n\x11GetAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\"s\n\x12\x46undAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\ramount_micros\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x19\n\x11payment_reference\x18\x04 \x01(\t\"\xe2\x01\n\x0bTransaction\x12\x16\n\x0etransaction_id\x18\x01 \x01(\t\x12\x33\n\x04kind\x18\x02 \x01(\x0e\x32%.meterline.billing.v1.TransactionKind\x12\x12\n\naccount_id\x18\x03 \x01(\t\x12\x15\n\ramount_micros\x18\x04 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12/\n\x0b\x63reate_time\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x11\n\treference\x18\x07 \x01(\t\"}\n\x13\x46undAccountResponse\x12\x36\n\x0btransaction\x18\x01 \x01(\x0b\x32!.meterline.billing.v1.Transaction\x12.\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x1d.meterline.billing.v1.Account\"\x9b\x02\n\x04Hold\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x15\n\ramount_micros\x18\x03 \x01(\x03\x12\x17\n\x0f\x63\x61ptured_micros\x18\x04 \x01(\x03\x12\x17\n\x0freleased_micros\x18\x05 \x01(\x03\x12\x30\n\x06status\x18\x06 \x01(\x0e\x32 .meterline.billing.v1.HoldStatus\x12\x11\n\treference\x18\x07 \x01(\t\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12/\n\x0b\x65xpire_time\x18\t \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8f\x01\n\x0eReserveRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\ramount_micros\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x11\n\treference\x18\x04 \x01(\t\x12&\n\x03ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"Q\n\x0e\x43\x61ptureRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x15\n\ramount_micros\x18\x02 \x01(\x03\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\":\n\x0eReleaseRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x02 \x01(\t\"\x96\x02\n\x0bLedgerEntry\x12\x10\n\x08\x65ntry_id\x18\x01 \x01(\x03\x12\x16\n\x0etransaction_id\x18\x02 \x01(\t\x12\x33\n\x04kind\x18\x03 \x01(\x0e\x32%.meterline.billing.v1.TransactionKind\x12\x12\n\naccount_id\x18\x04 \x01(\t\x12;\n\x0eledger_account\x18\x05 \x01(\x0e\x32#.meterline.billing.v1.LedgerAccount\x12\x15\n\ramount_micros\x18\x06 \x01(\x03\x12/\n\x0b\x63reate_time\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x0f\n\x07hold_id\x18\x08 \x01(\t\"U\n\x18ListLedgerEntriesRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x11\n\tpage_size\x18\x02 \x01(\x05\x12\x12\n\npage_token\x18\x03 \x01(\t\"h\n\x19ListLedgerEntriesResponse\x12\x32\n\x07\x65ntries\x18\x01 \x03(\x0b\x32!.meterline.billing.v1.LedgerEntry\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"<\n\x13ListAccountsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\"`\n\x14ListAccountsResponse\x12/\n\x08\x61\x63\x63ounts\x18\x01 \x03(\x0b\x32\x1d.meterline.billing.v1.Account\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\xa7\x01\n\x16GenerateInvoiceRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x30\n\x0cperiod_start\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"\'\n\x11GetInvoiceRequest\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\"\x81\x01\n\x0bInvoiceLine\x12\x11\n\treference\x18\x01 \x01(\t\x12\x15\n\ramount_micros\x18\x02 \x01(\x03\x12\x30\n\x0c\x63\x61pture_time\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x16\n\x0etransaction_id\x18\x04 \x01(\t\"\x9e\x02\n\x07Invoice\x12\x12\n\ninvoice_id\x18\x01 \x01(\t\x12\x12\n\naccount_id\x18\x02 \x01(\t\x12\x30\n\x0cperiod_start\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nperiod_end\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x14\n\x0ctotal_micros\x18\x05 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x06 \x01(\t\x12\x30\n\x05lines\x18\x07 \x03(\x0b\x32!.meterline.billing.v1.InvoiceLine\x12/\n\x0b\x63reate_time\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x15\x43reateVouchersRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\x05\x12\x15\n\ramount_micros\x18\x02 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x03 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x93\x01\n\x16\x43reateVouchersResponse\x12\x10\n\x08\x62\x61tch_id\x18\x01 \x01(\t\x12\r\n\x05\x63odes\x18\x02 \x03(\t\x12\x15\n\ramount_micros\x18\x03 \x01(\x03\x12\x10\n\x08\x63urrency\x18\x04 \x01(\t\x12/\n\x0b\x65xpire_time\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"8\n\x14RedeemVoucherRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\"\x7f\n\x15RedeemVoucherResponse\x12\x36\n\x0btransaction\x18\x01 \x01(\x0b\x32!.meterline.billing.v1.Transaction\x12.\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x1d.meterline.billing.v1.Account\"b\n\x17SetAccountStatusRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x33\n\x06status\x18\x02 \x01(\x0e\x32#.meterline.billing.v1.AccountStatus\"j\n\x14\x41\x64justAccountRequest\x12\x12\n\naccount_id\x18\x01 \x01(\t\x12\x15\n\ramount_micros\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"\x7f\n\x15\x41\x64justAccountResponse\x12\x36\n\x0btransaction\x18\x01 \x01(\x0b\x32!.meterline.billing.v1.Transaction\x12.\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x1d.meterline.billing.v1.Account\"`\n\rRefundRequest\x12\x0f\n\x07hold_id\x18\x01 \x01(\t\x12\x15\n\ramount_micros\x18\x02 \x01(\x03\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\"x\n\x0eRefundResponse\x12\x36\n\x0btransaction\x18\x01 \x01(\x0b\x32!.meterline.billing.v1.Transaction\x12.\n\x07\x61\x63\x63ount\x18\x02 \x01(\x0b\x32\x1d.meterline.billing.v1.Account*\x83\x01\n\rAccountStatus\x12\x1e\n\x1a\x41\x43\x43OUNT_STATUS_UNSPECIFIED\x10\x00\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_ACTIVE\x10\x01\x12\x1c\n\x18\x41\x43\x43OUNT_STATUS_SUSPENDED\x10\x02\x12\x19\n\x15\x41\x43\x43OUNT_STATUS_CLOSED\x10\x03*\xe2\x01\n\x0fTransactionKind\x12 \n\x1cTRANSACTION_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15TRANSACTION_KIND_FUND\x10\x01\x12\x1c\n\x18TRANSACTION_KIND_RESERVE\x10\x02\x12\x1c\n\x18TRANSACTION_KIND_CAPTURE\x10\x03\x12\x1c\n\x18TRANSACTION_KIND_RELEASE\x10\x04\x12\x1b\n\x17TRANSACTION_KIND_ADJUST\x10\x05\x12\x1b\n\x17TRANSACTION_KIND_REFUND\x10\x06*s\n\nHoldStatus\x12\x1b\n\x17HOLD_STATUS_UNSPECIFIED\x10\x00\x12\x14\n\x10HOLD_STATUS_OPEN\x10\x01\x12\x18\n\x14HOLD_STATUS_CAPTURED\x10\x02\x12\x18\n\x14HOLD_STATUS_RELEASED\x10\x03*\xd0\x01\n\rLedgerAccount\x12\x1e\n\x1aLEDGER_ACCOUNT_UNSPECIFIED\x10\x00\x12%\n!LEDGER_ACCOUNT_CUSTOMER_AVAILABLE\x10\x01\x12 \n\x1cLEDGER_ACCOUNT_CUSTOMER_HELD\x10\x02\x12\x1a\n\x16LEDGER_ACCOUNT_FUNDING\x10\x03\x12\x1a\n\x16LEDGER_ACCOUNT_REVENUE\x10\x04\x12\x1e\n\x1aLEDGER_ACCOUNT_ADJUSTMENTS\x10\x05\x32\x98\x0b\n\x0e\x42illingManager\x12Z\n\rCreateAccount\x12*.meterline.billing.v1.CreateAccountRequest\x1a\x1d.meterline.billing.v1.Account\x12T\n\nGetAccount\x12\'.meterline.billing.v1.GetAccountRequest\x1a\x1d.meterline.billing.v1.Account\x12\x62\n\x0b\x46undAccount\x12(.meterline.billing.v1.FundAccountRequest\x1a).meterline.billing.v1.FundAccountResponse\x12K\n\x07Reserve\x12$.meterline.billing.v1.ReserveRequest\x1a\x1a.meterline.billing.v1.Hold\x12K\n\x07\x43\x61pture\x12$.meterline.billing.v1.CaptureRequest\x1a\x1a.meterline.billing.v1.Hold\x12K\n\x07Release\x12$.meterline.billing.v1.ReleaseRequest\x1a\x1a.meterline.billing.v1.Hold\x12t\n\x11ListLedgerEntries\x12..meterline.billing.v1.ListLedgerEntriesRequest\x1a/.meterline.billing.v1.ListLedgerEntriesResponse\x12^\n\x0fGenerateInvoice\x12,.meterline.billing.v1.GenerateInvoiceRequest\x1a\x1d.meterline.billing.v1.Invoice\x12T\n\nGetInvoice\x12\'.meterline.billing.v1.GetInvoiceRequest\x1a\x1d.meterline.billing.v1.Invoice\x12\x65\n\x0cListAccounts\x12).meterline.billing.v1.ListAccountsRequest\x1a*.meterline.billing.v1.ListAccountsResponse\x12k\n\x0e\x43reateVouchers\x12+.meterline.billing.v1.CreateVouchersRequest\x1a,.meterline.billing.v1.CreateVouchersResponse\x12h\n\rRedeemVoucher\x12*.meterline.billing.v1.RedeemVoucherRequest\x1a+.meterline.billing.v1.RedeemVoucherResponse\x12`\n\x10SetAccountStatus\x12-.meterline.billing.v1.SetAccountStatusRequest\x1a\x1d.meterline.billing.v1.Account\x12h\n\rAdjustAccount\x12*.meterline.billing.v1.AdjustAccountRequest\x1a+.meterline.billing.v1.AdjustAccountResponse\x12S\n\x06Refund\x12#.meterline.billing.v1.RefundRequest\x1a$.meterline.billing.v1.RefundResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'meterline.billing.v1.billing_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ACCOUNTSTATUS']._serialized_start=2519
-  _globals['_ACCOUNTSTATUS']._serialized_end=2623
-  _globals['_TRANSACTIONKIND']._serialized_start=2626
-  _globals['_TRANSACTIONKIND']._serialized_end=2794
-  _globals['_HOLDSTATUS']._serialized_start=2796
-  _globals['_HOLDSTATUS']._serialized_end=2911
-  _globals['_LEDGERACCOUNT']._serialized_start=2914
-  _globals['_LEDGERACCOUNT']._serialized_end=3090
-  _globals['_ACCOUNT']._serialized_start=94
-  _globals['_ACCOUNT']._serialized_end=365
-  _globals['_CREATEACCOUNTREQUEST']._serialized_start=367
-  _globals['_CREATEACCOUNTREQUEST']._serialized_end=458
-  _globals['_GETACCOUNTREQUEST']._serialized_start=460
-  _globals['_GETACCOUNTREQUEST']._serialized_end=499
-  _globals['_FUNDACCOUNTREQUEST']._serialized_start=501
-  _globals['_FUNDACCOUNTREQUEST']._serialized_end=589
-  _globals['_TRANSACTION']._serialized_start=592
-  _globals['_TRANSACTION']._serialized_end=799
-  _globals['_FUNDACCOUNTRESPONSE']._serialized_start=801
-  _globals['_FUNDACCOUNTRESPONSE']._serialized_end=926
-  _globals['_HOLD']._serialized_start=929
-  _globals['_HOLD']._serialized_end=1163
-  _globals['_RESERVEREQUEST']._serialized_start=1165
-  _globals['_RESERVEREQUEST']._serialized_end=1268
-  _globals['_CAPTUREREQUEST']._serialized_start=1270
-  _globals['_CAPTUREREQUEST']._serialized_end=1351
-  _globals['_RELEASEREQUEST']._serialized_start=1353
-  _globals['_RELEASEREQUEST']._serialized_end=1411
-  _globals['_LEDGERENTRY']._serialized_start=1414
-  _globals['_LEDGERENTRY']._serialized_end=1692
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=1694
-  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=1779
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=1781
-  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=1885
-  _globals['_GENERATEINVOICEREQUEST']._serialized_start=1888
-  _globals['_GENERATEINVOICEREQUEST']._serialized_end=2055
-  _globals['_GETINVOICEREQUEST']._serialized_start=2057
-  _globals['_GETINVOICEREQUEST']._serialized_end=2096
-  _globals['_INVOICELINE']._serialized_start=2099
-  _globals['_INVOICELINE']._serialized_end=2228
-  _globals['_INVOICE']._serialized_start=2231
-  _globals['_INVOICE']._serialized_end=2517
-  _globals['_BILLINGMANAGER']._serialized_start=3093
-  _globals['_BILLINGMANAGER']._serialized_end=3918
+  _globals['_ACCOUNTSTATUS']._serialized_start=3891
+  _globals['_ACCOUNTSTATUS']._serialized_end=4022
+  _globals['_TRANSACTIONKIND']._serialized_start=4025
+  _globals['_TRANSACTIONKIND']._serialized_end=4251
+  _globals['_HOLDSTATUS']._serialized_start=4253
+  _globals['_HOLDSTATUS']._serialized_end=4368
+  _globals['_LEDGERACCOUNT']._serialized_start=4371
+  _globals['_LEDGERACCOUNT']._serialized_end=4579
+  _globals['_ACCOUNT']._serialized_start=126
+  _globals['_ACCOUNT']._serialized_end=415
+  _globals['_CREATEACCOUNTREQUEST']._serialized_start=417
+  _globals['_CREATEACCOUNTREQUEST']._serialized_end=508
+  _globals['_GETACCOUNTREQUEST']._serialized_start=510
+  _globals['_GETACCOUNTREQUEST']._serialized_end=549
+  _globals['_FUNDACCOUNTREQUEST']._serialized_start=551
+  _globals['_FUNDACCOUNTREQUEST']._serialized_end=666
+  _globals['_TRANSACTION']._serialized_start=669
+  _globals['_TRANSACTION']._serialized_end=895
+  _globals['_FUNDACCOUNTRESPONSE']._serialized_start=897
+  _globals['_FUNDACCOUNTRESPONSE']._serialized_end=1022
+  _globals['_HOLD']._serialized_start=1025
+  _globals['_HOLD']._serialized_end=1308
+  _globals['_RESERVEREQUEST']._serialized_start=1311
+  _globals['_RESERVEREQUEST']._serialized_end=1454
+  _globals['_CAPTUREREQUEST']._serialized_start=1456
+  _globals['_CAPTUREREQUEST']._serialized_end=1537
+  _globals['_RELEASEREQUEST']._serialized_start=1539
+  _globals['_RELEASEREQUEST']._serialized_end=1597
+  _globals['_LEDGERENTRY']._serialized_start=1600
+  _globals['_LEDGERENTRY']._serialized_end=1878
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_start=1880
+  _globals['_LISTLEDGERENTRIESREQUEST']._serialized_end=1965
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_start=1967
+  _globals['_LISTLEDGERENTRIESRESPONSE']._serialized_end=2071
+  _globals['_LISTACCOUNTSREQUEST']._serialized_start=2073
+  _globals['_LISTACCOUNTSREQUEST']._serialized_end=2133
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_start=2135
+  _globals['_LISTACCOUNTSRESPONSE']._serialized_end=2231
+  _globals['_GENERATEINVOICEREQUEST']._serialized_start=2234
+  _globals['_GENERATEINVOICEREQUEST']._serialized_end=2401
+  _globals['_GETINVOICEREQUEST']._serialized_start=2403
+  _globals['_GETINVOICEREQUEST']._serialized_end=2442
+  _globals['_INVOICELINE']._serialized_start=2445
+  _globals['_INVOICELINE']._serialized_end=2574
+  _globals['_INVOICE']._serialized_start=2577
+  _globals['_INVOICE']._serialized_end=2863
+  _globals['_CREATEVOUCHERSREQUEST']._serialized_start=2866
+  _globals['_CREATEVOUCHERSREQUEST']._serialized_end=2994
+  _globals['_CREATEVOUCHERSRESPONSE']._serialized_start=2997
+  _globals['_CREATEVOUCHERSRESPONSE']._serialized_end=3144
+  _globals['_REDEEMVOUCHERREQUEST']._serialized_start=3146
+  _globals['_REDEEMVOUCHERREQUEST']._serialized_end=3202
+  _globals['_REDEEMVOUCHERRESPONSE']._serialized_start=3204
+  _globals['_REDEEMVOUCHERRESPONSE']._serialized_end=3331
+  _globals['_SETACCOUNTSTATUSREQUEST']._serialized_start=3333
+  _globals['_SETACCOUNTSTATUSREQUEST']._serialized_end=3431
+  _globals['_ADJUSTACCOUNTREQUEST']._serialized_start=3433
+  _globals['_ADJUSTACCOUNTREQUEST']._serialized_end=3539
+  _globals['_ADJUSTACCOUNTRESPONSE']._serialized_start=3541
+  _globals['_ADJUSTACCOUNTRESPONSE']._serialized_end=3668
+  _globals['_REFUNDREQUEST']._serialized_start=3670
+  _globals['_REFUNDREQUEST']._serialized_end=3766
+  _globals['_REFUNDRESPONSE']._serialized_start=3768
+  _globals['_REFUNDRESPONSE']._serialized_end=3888
+  _globals['_BILLINGMANAGER']._serialized_start=4582
+  _globals['_BILLINGMANAGER']._serialized_end=6014
 # @@protoc_insertion_point(module_scope)

@@ -5,6 +5,7 @@ isort:skip_file
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
@@ -31,7 +32,9 @@ class _AccountStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Account
     ACCOUNT_STATUS_ACTIVE: _AccountStatus.ValueType  # 1
     """May start services."""
     ACCOUNT_STATUS_SUSPENDED: _AccountStatus.ValueType  # 2
-    """May not start services."""
+    """May not start services, be funded or redeem vouchers; may be reactivated."""
+    ACCOUNT_STATUS_CLOSED: _AccountStatus.ValueType  # 3
+    """Closed for good, with a zero balance and no open holds."""
 
 class AccountStatus(_AccountStatus, metaclass=_AccountStatusEnumTypeWrapper):
     """The life of an account."""
@@ -41,7 +44,9 @@ ACCOUNT_STATUS_UNSPECIFIED: AccountStatus.ValueType  # 0
 ACCOUNT_STATUS_ACTIVE: AccountStatus.ValueType  # 1
 """May start services."""
 ACCOUNT_STATUS_SUSPENDED: AccountStatus.ValueType  # 2
-"""May not start services."""
+"""May not start services, be funded or redeem vouchers; may be reactivated."""
+ACCOUNT_STATUS_CLOSED: AccountStatus.ValueType  # 3
+"""Closed for good, with a zero balance and no open holds."""
 Global___AccountStatus: _TypeAlias = AccountStatus  # noqa: Y015
 
 class _TransactionKind:
@@ -60,6 +65,10 @@ class _TransactionKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Trans
     """Held funds taken as revenue."""
     TRANSACTION_KIND_RELEASE: _TransactionKind.ValueType  # 4
     """Held funds given back."""
+    TRANSACTION_KIND_ADJUST: _TransactionKind.ValueType  # 5
+    """An operator's correction of the balance, up or down, with its reason."""
+    TRANSACTION_KIND_REFUND: _TransactionKind.ValueType  # 6
+    """Part or all of a captured charge given back, with its reason."""
 
 class TransactionKind(_TransactionKind, metaclass=_TransactionKindEnumTypeWrapper):
     """The kind of a ledger transaction."""
@@ -74,6 +83,10 @@ TRANSACTION_KIND_CAPTURE: TransactionKind.ValueType  # 3
 """Held funds taken as revenue."""
 TRANSACTION_KIND_RELEASE: TransactionKind.ValueType  # 4
 """Held funds given back."""
+TRANSACTION_KIND_ADJUST: TransactionKind.ValueType  # 5
+"""An operator's correction of the balance, up or down, with its reason."""
+TRANSACTION_KIND_REFUND: TransactionKind.ValueType  # 6
+"""Part or all of a captured charge given back, with its reason."""
 Global___TransactionKind: _TypeAlias = TransactionKind  # noqa: Y015
 
 class _HoldStatus:
@@ -119,7 +132,9 @@ class _LedgerAccountEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LedgerA
     LEDGER_ACCOUNT_FUNDING: _LedgerAccount.ValueType  # 3
     """Where funding comes from (negative as funds come in)."""
     LEDGER_ACCOUNT_REVENUE: _LedgerAccount.ValueType  # 4
-    """Captured charges."""
+    """Captured charges (refunds take from it)."""
+    LEDGER_ACCOUNT_ADJUSTMENTS: _LedgerAccount.ValueType  # 5
+    """The house's side of operator adjustments."""
 
 class LedgerAccount(_LedgerAccount, metaclass=_LedgerAccountEnumTypeWrapper):
     """Which side of the books an entry is on."""
@@ -133,7 +148,9 @@ LEDGER_ACCOUNT_CUSTOMER_HELD: LedgerAccount.ValueType  # 2
 LEDGER_ACCOUNT_FUNDING: LedgerAccount.ValueType  # 3
 """Where funding comes from (negative as funds come in)."""
 LEDGER_ACCOUNT_REVENUE: LedgerAccount.ValueType  # 4
-"""Captured charges."""
+"""Captured charges (refunds take from it)."""
+LEDGER_ACCOUNT_ADJUSTMENTS: LedgerAccount.ValueType  # 5
+"""The house's side of operator adjustments."""
 Global___LedgerAccount: _TypeAlias = LedgerAccount  # noqa: Y015
 
 @_typing.final
@@ -151,6 +168,7 @@ class Account(_message.Message):
     CREDIT_LIMIT_MICROS_FIELD_NUMBER: _builtins.int
     HELD_MICROS_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    POSTPAID_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """Server-assigned id."""
     display_name: _builtins.str
@@ -167,6 +185,10 @@ class Account(_message.Message):
     """How far below zero available may go; 0 for a prepaid account."""
     held_micros: _builtins.int
     """The sum of open holds, in micro-units."""
+    postpaid: _builtins.bool
+    """Postpaid: the account has a credit limit, so available may go down to
+    -credit_limit_micros (the customer pays afterwards); prepaid otherwise.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When the account was opened."""
@@ -183,10 +205,11 @@ class Account(_message.Message):
         credit_limit_micros: _builtins.int = ...,
         held_micros: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        postpaid: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "available_micros", b"available_micros", "balance_micros", b"balance_micros", "create_time", b"create_time", "credit_limit_micros", b"credit_limit_micros", "currency", b"currency", "display_name", b"display_name", "held_micros", b"held_micros", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "available_micros", b"available_micros", "balance_micros", b"balance_micros", "create_time", b"create_time", "credit_limit_micros", b"credit_limit_micros", "currency", b"currency", "display_name", b"display_name", "held_micros", b"held_micros", "postpaid", b"postpaid", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -253,22 +276,28 @@ class FundAccountRequest(_message.Message):
     ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    PAYMENT_REFERENCE_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account."""
     amount_micros: _builtins.int
     """More than 0, in micro-units."""
     idempotency_key: _builtins.str
-    """Makes a retry safe; 1 to 200 characters."""
+    """Makes a retry safe; 1 to 200 characters. Leave empty when payment_reference is set."""
+    payment_reference: _builtins.str
+    """The external payment's reference (1 to 180 characters): the funding is idempotent by
+    it across the installation, so one payment funds one account once.
+    """
     def __init__(
         self,
         *,
         account_id: _builtins.str = ...,
         amount_micros: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
+        payment_reference: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount_micros", b"amount_micros", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount_micros", b"amount_micros", "idempotency_key", b"idempotency_key", "payment_reference", b"payment_reference"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -286,6 +315,7 @@ class Transaction(_message.Message):
     AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    REFERENCE_FIELD_NUMBER: _builtins.int
     transaction_id: _builtins.str
     """Server-assigned id."""
     kind: Global___TransactionKind.ValueType
@@ -296,6 +326,10 @@ class Transaction(_message.Message):
     """The amount moved, in micro-units."""
     idempotency_key: _builtins.str
     """The key it was made with."""
+    reference: _builtins.str
+    """What it is for: a hold's reference, a voucher batch, an adjustment's or a refund's
+    reason.
+    """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was written."""
@@ -309,10 +343,11 @@ class Transaction(_message.Message):
         amount_micros: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        reference: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount_micros", b"amount_micros", "create_time", b"create_time", "idempotency_key", b"idempotency_key", "kind", b"kind", "transaction_id", b"transaction_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount_micros", b"amount_micros", "create_time", b"create_time", "idempotency_key", b"idempotency_key", "kind", b"kind", "reference", b"reference", "transaction_id", b"transaction_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -362,6 +397,7 @@ class Hold(_message.Message):
     STATUS_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
     """Server-assigned id."""
     account_id: _builtins.str
@@ -380,6 +416,10 @@ class Hold(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was made."""
 
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When it expires: an open hold is released then, by the billing manager's sweep."""
+
     def __init__(
         self,
         *,
@@ -391,10 +431,11 @@ class Hold(_message.Message):
         status: Global___HoldStatus.ValueType = ...,
         reference: _builtins.str = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "expire_time", b"expire_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount_micros", b"amount_micros", "captured_micros", b"captured_micros", "create_time", b"create_time", "hold_id", b"hold_id", "reference", b"reference", "released_micros", b"released_micros", "status", b"status"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount_micros", b"amount_micros", "captured_micros", b"captured_micros", "create_time", b"create_time", "expire_time", b"expire_time", "hold_id", b"hold_id", "reference", b"reference", "released_micros", b"released_micros", "status", b"status"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -410,6 +451,7 @@ class ReserveRequest(_message.Message):
     AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     REFERENCE_FIELD_NUMBER: _builtins.int
+    TTL_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account."""
     amount_micros: _builtins.int
@@ -418,6 +460,12 @@ class ReserveRequest(_message.Message):
     """Makes a retry safe."""
     reference: _builtins.str
     """What it is for, e.g. a session id; shown on bills."""
+    @_builtins.property
+    def ttl(self) -> _duration_pb2.Duration:
+        """How long the hold may stay open (1 second to 30 days); unset: the billing manager's
+        METERLINE_HOLD_TTL_SECONDS. An open hold past it is released by the sweep.
+        """
+
     def __init__(
         self,
         *,
@@ -425,10 +473,11 @@ class ReserveRequest(_message.Message):
         amount_micros: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
         reference: _builtins.str = ...,
+        ttl: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ttl", b"ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount_micros", b"amount_micros", "idempotency_key", b"idempotency_key", "reference", b"reference"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount_micros", b"amount_micros", "idempotency_key", b"idempotency_key", "reference", b"reference", "ttl", b"ttl"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -601,6 +650,60 @@ class ListLedgerEntriesResponse(_message.Message):
 Global___ListLedgerEntriesResponse: _TypeAlias = ListLedgerEntriesResponse  # noqa: Y015
 
 @_typing.final
+class ListAccountsRequest(_message.Message):
+    """Lists accounts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    page_size: _builtins.int
+    """At most this many (default 100, maximum 1000)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountsRequest: _TypeAlias = ListAccountsRequest  # noqa: Y015
+
+@_typing.final
+class ListAccountsResponse(_message.Message):
+    """A page of accounts."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNTS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass to get the next page; empty on the last page."""
+    @_builtins.property
+    def accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___Account]:
+        """Ordered by account id."""
+
+    def __init__(
+        self,
+        *,
+        accounts: _abc.Iterable[Global___Account] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accounts", b"accounts", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountsResponse: _TypeAlias = ListAccountsResponse  # noqa: Y015
+
+@_typing.final
 class GenerateInvoiceRequest(_message.Message):
     """Builds a bill."""
 
@@ -753,3 +856,291 @@ class Invoice(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Invoice: _TypeAlias = Invoice  # noqa: Y015
+
+@_typing.final
+class CreateVouchersRequest(_message.Message):
+    """Makes a batch of prepaid vouchers."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COUNT_FIELD_NUMBER: _builtins.int
+    AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    count: _builtins.int
+    """How many codes, 1 to 10000."""
+    amount_micros: _builtins.int
+    """What each voucher funds, more than 0, in micro-units of currency."""
+    currency: _builtins.str
+    """ISO 4217 code; only an account in this currency can redeem them."""
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the vouchers stop being redeemable; unset: never."""
+
+    def __init__(
+        self,
+        *,
+        count: _builtins.int = ...,
+        amount_micros: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "count", b"count", "currency", b"currency", "expire_time", b"expire_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateVouchersRequest: _TypeAlias = CreateVouchersRequest  # noqa: Y015
+
+@_typing.final
+class CreateVouchersResponse(_message.Message):
+    """A batch of new vouchers: the codes are shown here and never again."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BATCH_ID_FIELD_NUMBER: _builtins.int
+    CODES_FIELD_NUMBER: _builtins.int
+    AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
+    CURRENCY_FIELD_NUMBER: _builtins.int
+    EXPIRE_TIME_FIELD_NUMBER: _builtins.int
+    batch_id: _builtins.str
+    """Names the batch (kept with each voucher and in the funding transaction's reference)."""
+    amount_micros: _builtins.int
+    """What each voucher funds, in micro-units."""
+    currency: _builtins.str
+    """ISO 4217 code."""
+    @_builtins.property
+    def codes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The codes, in groups of four characters (e.g. 7KQ2-M9XD-4HTW-PZ3C)."""
+
+    @_builtins.property
+    def expire_time(self) -> _timestamp_pb2.Timestamp:
+        """When the vouchers expire; unset: never."""
+
+    def __init__(
+        self,
+        *,
+        batch_id: _builtins.str = ...,
+        codes: _abc.Iterable[_builtins.str] | None = ...,
+        amount_micros: _builtins.int = ...,
+        currency: _builtins.str = ...,
+        expire_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["expire_time", b"expire_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "batch_id", b"batch_id", "codes", b"codes", "currency", b"currency", "expire_time", b"expire_time"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CreateVouchersResponse: _TypeAlias = CreateVouchersResponse  # noqa: Y015
+
+@_typing.final
+class RedeemVoucherRequest(_message.Message):
+    """Redeems a voucher code on an account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account to fund (a device's own)."""
+    code: _builtins.str
+    """The code as printed; case, spaces and dashes do not matter."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        code: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "code", b"code"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemVoucherRequest: _TypeAlias = RedeemVoucherRequest  # noqa: Y015
+
+@_typing.final
+class RedeemVoucherResponse(_message.Message):
+    """The funding a voucher made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def transaction(self) -> Global___Transaction:
+        """The FUND transaction (its idempotency key names the voucher, never its code)."""
+
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account after it."""
+
+    def __init__(
+        self,
+        *,
+        transaction: Global___Transaction | None = ...,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "transaction", b"transaction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "transaction", b"transaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RedeemVoucherResponse: _TypeAlias = RedeemVoucherResponse  # noqa: Y015
+
+@_typing.final
+class SetAccountStatusRequest(_message.Message):
+    """Changes an account's status."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    STATUS_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    status: Global___AccountStatus.ValueType
+    """ACTIVE (reactivate), SUSPENDED or CLOSED."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        status: Global___AccountStatus.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetAccountStatusRequest: _TypeAlias = SetAccountStatusRequest  # noqa: Y015
+
+@_typing.final
+class AdjustAccountRequest(_message.Message):
+    """Corrects an account's balance."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account (not closed)."""
+    amount_micros: _builtins.int
+    """Signed, not 0, in micro-units: more than 0 credits the account, less than 0 debits it."""
+    reason: _builtins.str
+    """Why, for the customer and the auditor; 1 to 200 characters, kept on the transaction."""
+    idempotency_key: _builtins.str
+    """Makes a retry safe; 1 to 200 characters."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        amount_micros: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "amount_micros", b"amount_micros", "idempotency_key", b"idempotency_key", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustAccountRequest: _TypeAlias = AdjustAccountRequest  # noqa: Y015
+
+@_typing.final
+class AdjustAccountResponse(_message.Message):
+    """The adjustment made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def transaction(self) -> Global___Transaction:
+        """The ADJUST transaction (amount_micros signed)."""
+
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account after it."""
+
+    def __init__(
+        self,
+        *,
+        transaction: Global___Transaction | None = ...,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "transaction", b"transaction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "transaction", b"transaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AdjustAccountResponse: _TypeAlias = AdjustAccountResponse  # noqa: Y015
+
+@_typing.final
+class RefundRequest(_message.Message):
+    """Gives back part or all of a captured charge."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """The captured hold."""
+    amount_micros: _builtins.int
+    """More than 0, in micro-units; with the hold's earlier refunds, at most its capture."""
+    reason: _builtins.str
+    """Why; 1 to 200 characters, kept on the transaction."""
+    idempotency_key: _builtins.str
+    """Makes a retry safe; 1 to 200 characters."""
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+        amount_micros: _builtins.int = ...,
+        reason: _builtins.str = ...,
+        idempotency_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "hold_id", b"hold_id", "idempotency_key", b"idempotency_key", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundRequest: _TypeAlias = RefundRequest  # noqa: Y015
+
+@_typing.final
+class RefundResponse(_message.Message):
+    """The refund made."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRANSACTION_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def transaction(self) -> Global___Transaction:
+        """The REFUND transaction."""
+
+    @_builtins.property
+    def account(self) -> Global___Account:
+        """The account after it."""
+
+    def __init__(
+        self,
+        *,
+        transaction: Global___Transaction | None = ...,
+        account: Global___Account | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "transaction", b"transaction"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "transaction", b"transaction"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefundResponse: _TypeAlias = RefundResponse  # noqa: Y015

@@ -82,6 +82,36 @@ class BillingManagerStub:
                 request_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.GetInvoiceRequest.SerializeToString,
                 response_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.Invoice.FromString,
                 _registered_method=True)
+        self.ListAccounts = channel.unary_unary(
+                '/meterline.billing.v1.BillingManager/ListAccounts',
+                request_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.ListAccountsRequest.SerializeToString,
+                response_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.ListAccountsResponse.FromString,
+                _registered_method=True)
+        self.CreateVouchers = channel.unary_unary(
+                '/meterline.billing.v1.BillingManager/CreateVouchers',
+                request_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.CreateVouchersRequest.SerializeToString,
+                response_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.CreateVouchersResponse.FromString,
+                _registered_method=True)
+        self.RedeemVoucher = channel.unary_unary(
+                '/meterline.billing.v1.BillingManager/RedeemVoucher',
+                request_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.RedeemVoucherRequest.SerializeToString,
+                response_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.RedeemVoucherResponse.FromString,
+                _registered_method=True)
+        self.SetAccountStatus = channel.unary_unary(
+                '/meterline.billing.v1.BillingManager/SetAccountStatus',
+                request_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.SetAccountStatusRequest.SerializeToString,
+                response_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.Account.FromString,
+                _registered_method=True)
+        self.AdjustAccount = channel.unary_unary(
+                '/meterline.billing.v1.BillingManager/AdjustAccount',
+                request_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.AdjustAccountRequest.SerializeToString,
+                response_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.AdjustAccountResponse.FromString,
+                _registered_method=True)
+        self.Refund = channel.unary_unary(
+                '/meterline.billing.v1.BillingManager/Refund',
+                request_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.RefundRequest.SerializeToString,
+                response_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.RefundResponse.FromString,
+                _registered_method=True)
 
 
 class BillingManagerServicer:
@@ -105,7 +135,7 @@ class BillingManagerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def FundAccount(self, request, context):
-        """Adds prepaid funds. Operators only.
+        """Adds prepaid funds. Operators only. With a payment_reference, idempotent by it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,6 +178,54 @@ class BillingManagerServicer:
 
     def GetInvoice(self, request, context):
         """A bill built earlier.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccounts(self, request, context):
+        """The accounts in order of their ids, a page at a time. Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateVouchers(self, request, context):
+        """Makes prepaid vouchers and answers their codes, once: only a keyed hash of each code
+        is kept. Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RedeemVoucher(self, request, context):
+        """Funds an account with a voucher, at most once per voucher. A device redeems on its own
+        account, an operator on any. A repeat on the same account returns the first result.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetAccountStatus(self, request, context):
+        """Suspends, reactivates or closes an account (closing needs a zero balance and no open
+        holds; a closed account stays closed). Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AdjustAccount(self, request, context):
+        """Corrects an account's balance up or down, as a new ADJUST transaction with the
+        reason kept. A prepaid account's available cannot go below zero by it (a postpaid
+        one's, below minus its limit). Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Refund(self, request, context):
+        """Gives back part or all of a captured hold's charge, as a new REFUND transaction with
+        the reason kept; never more than was captured, over all its refunds. Operators only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -200,6 +278,36 @@ def add_BillingManagerServicer_to_server(servicer, server):
                     servicer.GetInvoice,
                     request_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.GetInvoiceRequest.FromString,
                     response_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.Invoice.SerializeToString,
+            ),
+            'ListAccounts': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccounts,
+                    request_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.ListAccountsRequest.FromString,
+                    response_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.ListAccountsResponse.SerializeToString,
+            ),
+            'CreateVouchers': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateVouchers,
+                    request_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.CreateVouchersRequest.FromString,
+                    response_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.CreateVouchersResponse.SerializeToString,
+            ),
+            'RedeemVoucher': grpc.unary_unary_rpc_method_handler(
+                    servicer.RedeemVoucher,
+                    request_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.RedeemVoucherRequest.FromString,
+                    response_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.RedeemVoucherResponse.SerializeToString,
+            ),
+            'SetAccountStatus': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetAccountStatus,
+                    request_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.SetAccountStatusRequest.FromString,
+                    response_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.Account.SerializeToString,
+            ),
+            'AdjustAccount': grpc.unary_unary_rpc_method_handler(
+                    servicer.AdjustAccount,
+                    request_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.AdjustAccountRequest.FromString,
+                    response_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.AdjustAccountResponse.SerializeToString,
+            ),
+            'Refund': grpc.unary_unary_rpc_method_handler(
+                    servicer.Refund,
+                    request_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.RefundRequest.FromString,
+                    response_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.RefundResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -448,6 +556,168 @@ class BillingManager:
             '/meterline.billing.v1.BillingManager/GetInvoice',
             meterline_dot_billing_dot_v1_dot_billing__pb2.GetInvoiceRequest.SerializeToString,
             meterline_dot_billing_dot_v1_dot_billing__pb2.Invoice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccounts(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.billing.v1.BillingManager/ListAccounts',
+            meterline_dot_billing_dot_v1_dot_billing__pb2.ListAccountsRequest.SerializeToString,
+            meterline_dot_billing_dot_v1_dot_billing__pb2.ListAccountsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateVouchers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.billing.v1.BillingManager/CreateVouchers',
+            meterline_dot_billing_dot_v1_dot_billing__pb2.CreateVouchersRequest.SerializeToString,
+            meterline_dot_billing_dot_v1_dot_billing__pb2.CreateVouchersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RedeemVoucher(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.billing.v1.BillingManager/RedeemVoucher',
+            meterline_dot_billing_dot_v1_dot_billing__pb2.RedeemVoucherRequest.SerializeToString,
+            meterline_dot_billing_dot_v1_dot_billing__pb2.RedeemVoucherResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetAccountStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.billing.v1.BillingManager/SetAccountStatus',
+            meterline_dot_billing_dot_v1_dot_billing__pb2.SetAccountStatusRequest.SerializeToString,
+            meterline_dot_billing_dot_v1_dot_billing__pb2.Account.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AdjustAccount(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.billing.v1.BillingManager/AdjustAccount',
+            meterline_dot_billing_dot_v1_dot_billing__pb2.AdjustAccountRequest.SerializeToString,
+            meterline_dot_billing_dot_v1_dot_billing__pb2.AdjustAccountResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Refund(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.billing.v1.BillingManager/Refund',
+            meterline_dot_billing_dot_v1_dot_billing__pb2.RefundRequest.SerializeToString,
+            meterline_dot_billing_dot_v1_dot_billing__pb2.RefundResponse.FromString,
             options,
             channel_credentials,
             insecure,

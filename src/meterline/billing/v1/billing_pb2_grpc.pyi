@@ -41,7 +41,7 @@ class BillingManagerStub:
     GetAccount: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetAccountRequest, _billing_pb2.Account]
     """An account with its balance and available amount."""
     FundAccount: _grpc.UnaryUnaryMultiCallable[_billing_pb2.FundAccountRequest, _billing_pb2.FundAccountResponse]
-    """Adds prepaid funds. Operators only."""
+    """Adds prepaid funds. Operators only. With a payment_reference, idempotent by it."""
     Reserve: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ReserveRequest, _billing_pb2.Hold]
     """Puts a credit hold on the account; refused if available would fall below -credit_limit."""
     Capture: _grpc.UnaryUnaryMultiCallable[_billing_pb2.CaptureRequest, _billing_pb2.Hold]
@@ -54,6 +54,29 @@ class BillingManagerStub:
     """Builds the bill of a period from the captured charges in it."""
     GetInvoice: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetInvoiceRequest, _billing_pb2.Invoice]
     """A bill built earlier."""
+    ListAccounts: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListAccountsRequest, _billing_pb2.ListAccountsResponse]
+    """The accounts in order of their ids, a page at a time. Operators only."""
+    CreateVouchers: _grpc.UnaryUnaryMultiCallable[_billing_pb2.CreateVouchersRequest, _billing_pb2.CreateVouchersResponse]
+    """Makes prepaid vouchers and answers their codes, once: only a keyed hash of each code
+    is kept. Operators only.
+    """
+    RedeemVoucher: _grpc.UnaryUnaryMultiCallable[_billing_pb2.RedeemVoucherRequest, _billing_pb2.RedeemVoucherResponse]
+    """Funds an account with a voucher, at most once per voucher. A device redeems on its own
+    account, an operator on any. A repeat on the same account returns the first result.
+    """
+    SetAccountStatus: _grpc.UnaryUnaryMultiCallable[_billing_pb2.SetAccountStatusRequest, _billing_pb2.Account]
+    """Suspends, reactivates or closes an account (closing needs a zero balance and no open
+    holds; a closed account stays closed). Operators only.
+    """
+    AdjustAccount: _grpc.UnaryUnaryMultiCallable[_billing_pb2.AdjustAccountRequest, _billing_pb2.AdjustAccountResponse]
+    """Corrects an account's balance up or down, as a new ADJUST transaction with the
+    reason kept. A prepaid account's available cannot go below zero by it (a postpaid
+    one's, below minus its limit). Operators only.
+    """
+    Refund: _grpc.UnaryUnaryMultiCallable[_billing_pb2.RefundRequest, _billing_pb2.RefundResponse]
+    """Gives back part or all of a captured hold's charge, as a new REFUND transaction with
+    the reason kept; never more than was captured, over all its refunds. Operators only.
+    """
 
 @_typing.type_check_only
 class BillingManagerAsyncStub(BillingManagerStub):
@@ -68,7 +91,7 @@ class BillingManagerAsyncStub(BillingManagerStub):
     GetAccount: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetAccountRequest, _billing_pb2.Account]  # type: ignore[assignment]
     """An account with its balance and available amount."""
     FundAccount: _aio.UnaryUnaryMultiCallable[_billing_pb2.FundAccountRequest, _billing_pb2.FundAccountResponse]  # type: ignore[assignment]
-    """Adds prepaid funds. Operators only."""
+    """Adds prepaid funds. Operators only. With a payment_reference, idempotent by it."""
     Reserve: _aio.UnaryUnaryMultiCallable[_billing_pb2.ReserveRequest, _billing_pb2.Hold]  # type: ignore[assignment]
     """Puts a credit hold on the account; refused if available would fall below -credit_limit."""
     Capture: _aio.UnaryUnaryMultiCallable[_billing_pb2.CaptureRequest, _billing_pb2.Hold]  # type: ignore[assignment]
@@ -81,6 +104,29 @@ class BillingManagerAsyncStub(BillingManagerStub):
     """Builds the bill of a period from the captured charges in it."""
     GetInvoice: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetInvoiceRequest, _billing_pb2.Invoice]  # type: ignore[assignment]
     """A bill built earlier."""
+    ListAccounts: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListAccountsRequest, _billing_pb2.ListAccountsResponse]  # type: ignore[assignment]
+    """The accounts in order of their ids, a page at a time. Operators only."""
+    CreateVouchers: _aio.UnaryUnaryMultiCallable[_billing_pb2.CreateVouchersRequest, _billing_pb2.CreateVouchersResponse]  # type: ignore[assignment]
+    """Makes prepaid vouchers and answers their codes, once: only a keyed hash of each code
+    is kept. Operators only.
+    """
+    RedeemVoucher: _aio.UnaryUnaryMultiCallable[_billing_pb2.RedeemVoucherRequest, _billing_pb2.RedeemVoucherResponse]  # type: ignore[assignment]
+    """Funds an account with a voucher, at most once per voucher. A device redeems on its own
+    account, an operator on any. A repeat on the same account returns the first result.
+    """
+    SetAccountStatus: _aio.UnaryUnaryMultiCallable[_billing_pb2.SetAccountStatusRequest, _billing_pb2.Account]  # type: ignore[assignment]
+    """Suspends, reactivates or closes an account (closing needs a zero balance and no open
+    holds; a closed account stays closed). Operators only.
+    """
+    AdjustAccount: _aio.UnaryUnaryMultiCallable[_billing_pb2.AdjustAccountRequest, _billing_pb2.AdjustAccountResponse]  # type: ignore[assignment]
+    """Corrects an account's balance up or down, as a new ADJUST transaction with the
+    reason kept. A prepaid account's available cannot go below zero by it (a postpaid
+    one's, below minus its limit). Operators only.
+    """
+    Refund: _aio.UnaryUnaryMultiCallable[_billing_pb2.RefundRequest, _billing_pb2.RefundResponse]  # type: ignore[assignment]
+    """Gives back part or all of a captured hold's charge, as a new REFUND transaction with
+    the reason kept; never more than was captured, over all its refunds. Operators only.
+    """
 
 class BillingManagerServicer(metaclass=_abc_1.ABCMeta):
     """Accounts, prepaid funding, credit holds and bills on a double-entry, append-only ledger.
@@ -110,7 +156,7 @@ class BillingManagerServicer(metaclass=_abc_1.ABCMeta):
         request: _billing_pb2.FundAccountRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.FundAccountResponse, _abc.Awaitable[_billing_pb2.FundAccountResponse]]:
-        """Adds prepaid funds. Operators only."""
+        """Adds prepaid funds. Operators only. With a payment_reference, idempotent by it."""
 
     @_abc_1.abstractmethod
     def Reserve(
@@ -159,5 +205,64 @@ class BillingManagerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.Invoice, _abc.Awaitable[_billing_pb2.Invoice]]:
         """A bill built earlier."""
+
+    @_abc_1.abstractmethod
+    def ListAccounts(
+        self,
+        request: _billing_pb2.ListAccountsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListAccountsResponse, _abc.Awaitable[_billing_pb2.ListAccountsResponse]]:
+        """The accounts in order of their ids, a page at a time. Operators only."""
+
+    @_abc_1.abstractmethod
+    def CreateVouchers(
+        self,
+        request: _billing_pb2.CreateVouchersRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.CreateVouchersResponse, _abc.Awaitable[_billing_pb2.CreateVouchersResponse]]:
+        """Makes prepaid vouchers and answers their codes, once: only a keyed hash of each code
+        is kept. Operators only.
+        """
+
+    @_abc_1.abstractmethod
+    def RedeemVoucher(
+        self,
+        request: _billing_pb2.RedeemVoucherRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.RedeemVoucherResponse, _abc.Awaitable[_billing_pb2.RedeemVoucherResponse]]:
+        """Funds an account with a voucher, at most once per voucher. A device redeems on its own
+        account, an operator on any. A repeat on the same account returns the first result.
+        """
+
+    @_abc_1.abstractmethod
+    def SetAccountStatus(
+        self,
+        request: _billing_pb2.SetAccountStatusRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.Account, _abc.Awaitable[_billing_pb2.Account]]:
+        """Suspends, reactivates or closes an account (closing needs a zero balance and no open
+        holds; a closed account stays closed). Operators only.
+        """
+
+    @_abc_1.abstractmethod
+    def AdjustAccount(
+        self,
+        request: _billing_pb2.AdjustAccountRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.AdjustAccountResponse, _abc.Awaitable[_billing_pb2.AdjustAccountResponse]]:
+        """Corrects an account's balance up or down, as a new ADJUST transaction with the
+        reason kept. A prepaid account's available cannot go below zero by it (a postpaid
+        one's, below minus its limit). Operators only.
+        """
+
+    @_abc_1.abstractmethod
+    def Refund(
+        self,
+        request: _billing_pb2.RefundRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.RefundResponse, _abc.Awaitable[_billing_pb2.RefundResponse]]:
+        """Gives back part or all of a captured hold's charge, as a new REFUND transaction with
+        the reason kept; never more than was captured, over all its refunds. Operators only.
+        """
 
 def add_BillingManagerServicer_to_server(servicer: BillingManagerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

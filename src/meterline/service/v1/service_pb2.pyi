@@ -67,6 +67,106 @@ charged and the hold was released.
 """
 Global___TerminationReason: _TypeAlias = TerminationReason  # noqa: Y015
 
+class _IdentityKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IdentityKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IdentityKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IDENTITY_KIND_UNSPECIFIED: _IdentityKind.ValueType  # 0
+    """Not set; always refused."""
+    IDENTITY_KIND_MSISDN: _IdentityKind.ValueType  # 1
+    """An E.164 phone number: "+" and 2 to 15 digits, e.g. +447700900123."""
+    IDENTITY_KIND_IMSI: _IdentityKind.ValueType  # 2
+    """An IMSI: 6 to 15 digits."""
+    IDENTITY_KIND_SIP_URI: _IdentityKind.ValueType  # 3
+    """A SIP or SIPS URI, e.g. sip:alice@example.com (scheme and host compared in lower case)."""
+    IDENTITY_KIND_USER_NAME: _IdentityKind.ValueType  # 4
+    """A user name: 1 to 128 printable characters without spaces."""
+
+class IdentityKind(_IdentityKind, metaclass=_IdentityKindEnumTypeWrapper):
+    """Kinds of subscriber identity."""
+
+IDENTITY_KIND_UNSPECIFIED: IdentityKind.ValueType  # 0
+"""Not set; always refused."""
+IDENTITY_KIND_MSISDN: IdentityKind.ValueType  # 1
+"""An E.164 phone number: "+" and 2 to 15 digits, e.g. +447700900123."""
+IDENTITY_KIND_IMSI: IdentityKind.ValueType  # 2
+"""An IMSI: 6 to 15 digits."""
+IDENTITY_KIND_SIP_URI: IdentityKind.ValueType  # 3
+"""A SIP or SIPS URI, e.g. sip:alice@example.com (scheme and host compared in lower case)."""
+IDENTITY_KIND_USER_NAME: IdentityKind.ValueType  # 4
+"""A user name: 1 to 128 printable characters without spaces."""
+Global___IdentityKind: _TypeAlias = IdentityKind  # noqa: Y015
+
+class _NoticeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NoticeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NoticeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTICE_KIND_UNSPECIFIED: _NoticeKind.ValueType  # 0
+    """Not set (a Termination on the Meter stream or WatchAccount)."""
+    NOTICE_KIND_SUBSCRIBED: _NoticeKind.ValueType  # 1
+    """The first message of a watch: the gateway is listening. Its cursor is where the
+    stream starts: resume_after (with only_new, the newest notice's at that moment).
+    """
+    NOTICE_KIND_ENDED: _NoticeKind.ValueType  # 2
+    """The session has ended: tear its media down."""
+    NOTICE_KIND_FINAL_UNITS: _NoticeKind.ValueType  # 3
+    """The units granted so far are the last the balance pays for."""
+    NOTICE_KIND_FINAL_UNITS_LIFTED: _NoticeKind.ValueType  # 4
+    """A top-up paid for another slice: the final-unit indication no longer holds."""
+    NOTICE_KIND_LOW_BALANCE: _NoticeKind.ValueType  # 5
+    """The balance left fell below the account's low-balance threshold."""
+
+class NoticeKind(_NoticeKind, metaclass=_NoticeKindEnumTypeWrapper):
+    """What a gateway notice says."""
+
+NOTICE_KIND_UNSPECIFIED: NoticeKind.ValueType  # 0
+"""Not set (a Termination on the Meter stream or WatchAccount)."""
+NOTICE_KIND_SUBSCRIBED: NoticeKind.ValueType  # 1
+"""The first message of a watch: the gateway is listening. Its cursor is where the
+stream starts: resume_after (with only_new, the newest notice's at that moment).
+"""
+NOTICE_KIND_ENDED: NoticeKind.ValueType  # 2
+"""The session has ended: tear its media down."""
+NOTICE_KIND_FINAL_UNITS: NoticeKind.ValueType  # 3
+"""The units granted so far are the last the balance pays for."""
+NOTICE_KIND_FINAL_UNITS_LIFTED: NoticeKind.ValueType  # 4
+"""A top-up paid for another slice: the final-unit indication no longer holds."""
+NOTICE_KIND_LOW_BALANCE: NoticeKind.ValueType  # 5
+"""The balance left fell below the account's low-balance threshold."""
+Global___NoticeKind: _TypeAlias = NoticeKind  # noqa: Y015
+
+class _GatewayState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _GatewayStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_GatewayState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    GATEWAY_STATE_UNSPECIFIED: _GatewayState.ValueType  # 0
+    """Not set: in UpdateGateway, the state stays as it is."""
+    GATEWAY_STATE_ENABLED: _GatewayState.ValueType  # 1
+    """Takes new sessions."""
+    GATEWAY_STATE_DRAINING: _GatewayState.ValueType  # 2
+    """Takes no new sessions; its sessions go on until they end."""
+    GATEWAY_STATE_DISABLED: _GatewayState.ValueType  # 3
+    """Out of service: takes no new sessions (its sessions still end normally)."""
+
+class GatewayState(_GatewayState, metaclass=_GatewayStateEnumTypeWrapper):
+    """Whether a gateway takes new sessions."""
+
+GATEWAY_STATE_UNSPECIFIED: GatewayState.ValueType  # 0
+"""Not set: in UpdateGateway, the state stays as it is."""
+GATEWAY_STATE_ENABLED: GatewayState.ValueType  # 1
+"""Takes new sessions."""
+GATEWAY_STATE_DRAINING: GatewayState.ValueType  # 2
+"""Takes no new sessions; its sessions go on until they end."""
+GATEWAY_STATE_DISABLED: GatewayState.ValueType  # 3
+"""Out of service: takes no new sessions (its sessions still end normally)."""
+Global___GatewayState: _TypeAlias = GatewayState  # noqa: Y015
+
 @_typing.final
 class StartServiceRequest(_message.Message):
     """Asks to start a service."""
@@ -78,6 +178,8 @@ class StartServiceRequest(_message.Message):
     ENDPOINT_FIELD_NUMBER: _builtins.int
     APPLICATION_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account to charge; a device may name only its own."""
     service_type: _types_pb2.ServiceType.ValueType
@@ -88,6 +190,16 @@ class StartServiceRequest(_message.Message):
     """The application, for APPLICATION services."""
     request_id: _builtins.str
     """Makes a retry safe: a repeat returns the session the first call started."""
+    region: _builtins.str
+    """Only a gateway of this region; empty for any region."""
+    @_builtins.property
+    def identity(self) -> Global___SubscriberIdentity:
+        """The subscriber, by identity instead of account_id: how a gateway starts a session
+        for the subscriber behind it (a gateway must name one; the session then runs through
+        that gateway only). An operator may give either; if both, they must agree. A device
+        names its own account_id and may not give one.
+        """
+
     def __init__(
         self,
         *,
@@ -96,14 +208,42 @@ class StartServiceRequest(_message.Message):
         endpoint: _builtins.str = ...,
         application_id: _builtins.str = ...,
         request_id: _builtins.str = ...,
+        region: _builtins.str = ...,
+        identity: Global___SubscriberIdentity | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "application_id", b"application_id", "endpoint", b"endpoint", "request_id", b"request_id", "service_type", b"service_type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "application_id", b"application_id", "endpoint", b"endpoint", "identity", b"identity", "region", b"region", "request_id", b"request_id", "service_type", b"service_type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___StartServiceRequest: _TypeAlias = StartServiceRequest  # noqa: Y015
+
+@_typing.final
+class SubscriberIdentity(_message.Message):
+    """A subscriber as a gateway knows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    VALUE_FIELD_NUMBER: _builtins.int
+    kind: Global___IdentityKind.ValueType
+    """The kind of identity."""
+    value: _builtins.str
+    """Its value, e.g. "+447700900123"."""
+    def __init__(
+        self,
+        *,
+        kind: Global___IdentityKind.ValueType = ...,
+        value: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SubscriberIdentity: _TypeAlias = SubscriberIdentity  # noqa: Y015
 
 @_typing.final
 class Gateway(_message.Message):
@@ -119,7 +259,10 @@ class Gateway(_message.Message):
     address: _builtins.str
     """host:port the client connects its media to."""
     token: _builtins.str
-    """A signed token the gateway accepts for this session."""
+    """The session ticket: a JWT signed with Ed25519 (alg EdDSA) that names the session
+    (sub), the gateway (aud), the service type (svc), the endpoint (ep) and an expiry
+    (exp). The gateway verifies it offline with the key GetSessionTicketKey gives.
+    """
     def __init__(
         self,
         *,
@@ -147,12 +290,15 @@ class StartServiceResponse(_message.Message):
     GRANTED_UNITS_FIELD_NUMBER: _builtins.int
     QUOTA_VALID_UNTIL_FIELD_NUMBER: _builtins.int
     BALANCE_MICROS_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The new session."""
     granted_units: _builtins.int
     """Units the client may use before it must report again."""
     balance_micros: _builtins.int
     """The account's available balance after the first hold, in micro-units."""
+    account_id: _builtins.str
+    """The account charged (the one the identity names, for a start by identity)."""
     @_builtins.property
     def gateway(self) -> Global___Gateway:
         """The gateway chosen for it."""
@@ -174,10 +320,11 @@ class StartServiceResponse(_message.Message):
         granted_units: _builtins.int = ...,
         quota_valid_until: _timestamp_pb2.Timestamp | None = ...,
         balance_micros: _builtins.int = ...,
+        account_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["gateway", b"gateway", "quota_valid_until", b"quota_valid_until", "rate", b"rate"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["balance_micros", b"balance_micros", "gateway", b"gateway", "granted_units", b"granted_units", "quota_valid_until", b"quota_valid_until", "rate", b"rate", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance_micros", b"balance_micros", "gateway", b"gateway", "granted_units", b"granted_units", "quota_valid_until", b"quota_valid_until", "rate", b"rate", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -195,6 +342,7 @@ class ResourceUtilizationUpdate(_message.Message):
     OBSERVED_AT_FIELD_NUMBER: _builtins.int
     BYTES_SENT_FIELD_NUMBER: _builtins.int
     BYTES_RECEIVED_FIELD_NUMBER: _builtins.int
+    ACCEPT_PUSHES_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session."""
     sequence: _builtins.int
@@ -205,6 +353,11 @@ class ResourceUtilizationUpdate(_message.Message):
     """Optional media counters: bytes sent."""
     bytes_received: _builtins.int
     """Optional media counters: bytes received."""
+    accept_pushes: _builtins.bool
+    """Set on an update (usually the first of a stream) to let the server send responses no
+    update asked for (MeterResponse.pushed): a new grant after a top-up lifts the final
+    units at once. Without it, every response answers exactly one update.
+    """
     @_builtins.property
     def observed_at(self) -> _timestamp_pb2.Timestamp:
         """When the client measured it."""
@@ -218,10 +371,11 @@ class ResourceUtilizationUpdate(_message.Message):
         observed_at: _timestamp_pb2.Timestamp | None = ...,
         bytes_sent: _builtins.int = ...,
         bytes_received: _builtins.int = ...,
+        accept_pushes: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["observed_at", b"observed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "observed_at", b"observed_at", "sequence", b"sequence", "session_id", b"session_id", "used_units", b"used_units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accept_pushes", b"accept_pushes", "bytes_received", b"bytes_received", "bytes_sent", b"bytes_sent", "observed_at", b"observed_at", "sequence", b"sequence", "session_id", b"session_id", "used_units", b"used_units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -239,6 +393,14 @@ class Termination(_message.Message):
     FINAL_UNIT_INDICATION_FIELD_NUMBER: _builtins.int
     GATEWAY_ID_FIELD_NUMBER: _builtins.int
     ENDED_FIELD_NUMBER: _builtins.int
+    CURSOR_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    BALANCE_MICROS_FIELD_NUMBER: _builtins.int
+    ESTIMATED_TIME_LEFT_FIELD_NUMBER: _builtins.int
+    GRANTED_UNITS_FIELD_NUMBER: _builtins.int
+    EVENT_TIME_FIELD_NUMBER: _builtins.int
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    CURSOR_EXPIRED_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session."""
     reason: Global___TerminationReason.ValueType
@@ -251,6 +413,30 @@ class Termination(_message.Message):
     """The gateway serving the session."""
     ended: _builtins.bool
     """True when the session has ended; false for a final-unit indication."""
+    cursor: _builtins.int
+    """On WatchTerminations: this notice's place in the gateway's stream (1, 2, 3, ...).
+    Keep the last one acted on and pass it as resume_after when reconnecting.
+    """
+    kind: Global___NoticeKind.ValueType
+    """On WatchTerminations: what the notice says."""
+    balance_micros: _builtins.int
+    """The account's balance left, in micro-units (low-balance and final-unit notices)."""
+    granted_units: _builtins.int
+    """Units granted so far (cumulative); for FINAL_UNITS_LIFTED, the new grant."""
+    account_id: _builtins.str
+    """The account of the session."""
+    cursor_expired: _builtins.bool
+    """In the SUBSCRIBED message: true when notices after resume_after were already deleted
+    (older than the installation's retention); the stream goes on from the oldest kept.
+    """
+    @_builtins.property
+    def estimated_time_left(self) -> _duration_pb2.Duration:
+        """How long the balance and grants last at the session's rate (SECOND services)."""
+
+    @_builtins.property
+    def event_time(self) -> _timestamp_pb2.Timestamp:
+        """When the notice was written."""
+
     def __init__(
         self,
         *,
@@ -260,10 +446,18 @@ class Termination(_message.Message):
         final_unit_indication: _builtins.bool = ...,
         gateway_id: _builtins.str = ...,
         ended: _builtins.bool = ...,
+        cursor: _builtins.int = ...,
+        kind: Global___NoticeKind.ValueType = ...,
+        balance_micros: _builtins.int = ...,
+        estimated_time_left: _duration_pb2.Duration | None = ...,
+        granted_units: _builtins.int = ...,
+        event_time: _timestamp_pb2.Timestamp | None = ...,
+        account_id: _builtins.str = ...,
+        cursor_expired: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimated_time_left", b"estimated_time_left", "event_time", b"event_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ended", b"ended", "final_unit_indication", b"final_unit_indication", "gateway_id", b"gateway_id", "message", b"message", "reason", b"reason", "session_id", b"session_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance_micros", b"balance_micros", "cursor", b"cursor", "cursor_expired", b"cursor_expired", "ended", b"ended", "estimated_time_left", b"estimated_time_left", "event_time", b"event_time", "final_unit_indication", b"final_unit_indication", "gateway_id", b"gateway_id", "granted_units", b"granted_units", "kind", b"kind", "message", b"message", "reason", b"reason", "session_id", b"session_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -282,6 +476,8 @@ class MeterResponse(_message.Message):
     TERMINATION_FIELD_NUMBER: _builtins.int
     USED_UNITS_FIELD_NUMBER: _builtins.int
     ESTIMATED_TIME_LEFT_FIELD_NUMBER: _builtins.int
+    LOW_BALANCE_FIELD_NUMBER: _builtins.int
+    PUSHED_FIELD_NUMBER: _builtins.int
     acknowledged_sequence: _builtins.int
     """The highest sequence applied so far."""
     charged_micros: _builtins.int
@@ -292,6 +488,14 @@ class MeterResponse(_message.Message):
     """Units granted so far (cumulative)."""
     used_units: _builtins.int
     """The cumulative usage applied."""
+    low_balance: _builtins.bool
+    """The balance left (balance_micros) is below the account's low-balance threshold:
+    warn the user; estimated_time_left says how long it lasts.
+    """
+    pushed: _builtins.bool
+    """True when no update asked for this response: the server pushed it (a new grant
+    after a top-up). Only sent on streams that set accept_pushes.
+    """
     @_builtins.property
     def termination(self) -> Global___Termination:
         """Set when the service ends or the granted units are the last."""
@@ -310,10 +514,12 @@ class MeterResponse(_message.Message):
         termination: Global___Termination | None = ...,
         used_units: _builtins.int = ...,
         estimated_time_left: _duration_pb2.Duration | None = ...,
+        low_balance: _builtins.bool = ...,
+        pushed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["estimated_time_left", b"estimated_time_left", "termination", b"termination"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_sequence", b"acknowledged_sequence", "balance_micros", b"balance_micros", "charged_micros", b"charged_micros", "estimated_time_left", b"estimated_time_left", "granted_units", b"granted_units", "termination", b"termination", "used_units", b"used_units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["acknowledged_sequence", b"acknowledged_sequence", "balance_micros", b"balance_micros", "charged_micros", b"charged_micros", "estimated_time_left", b"estimated_time_left", "granted_units", b"granted_units", "low_balance", b"low_balance", "pushed", b"pushed", "termination", b"termination", "used_units", b"used_units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -365,6 +571,11 @@ class ServiceRecord(_message.Message):
     ENDED_AT_FIELD_NUMBER: _builtins.int
     APPLICATION_ID_FIELD_NUMBER: _builtins.int
     BILLED_UNITS_FIELD_NUMBER: _builtins.int
+    UNBILLED_UNITS_FIELD_NUMBER: _builtins.int
+    UNBILLED_REASON_FIELD_NUMBER: _builtins.int
+    USAGE_DISCREPANCY_FIELD_NUMBER: _builtins.int
+    CLIENT_USED_UNITS_FIELD_NUMBER: _builtins.int
+    GATEWAY_USED_UNITS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session."""
     account_id: _builtins.str
@@ -385,6 +596,20 @@ class ServiceRecord(_message.Message):
     """The application, for APPLICATION services."""
     billed_units: _builtins.int
     """Units charged for: the final usage, up to the units granted."""
+    unbilled_units: _builtins.int
+    """Units reported beyond what the holds paid for (used_units - billed_units): never
+    charged, never silently dropped. The session was ended at the grant.
+    """
+    unbilled_reason: _builtins.str
+    """Why units went unbilled, a sentence; empty when unbilled_units is 0."""
+    usage_discrepancy: _builtins.int
+    """The gateway's count less the device's, when both reported (positive: the gateway
+    counted more, and its count was used).
+    """
+    client_used_units: _builtins.int
+    """The device's own final count (0 if it never reported)."""
+    gateway_used_units: _builtins.int
+    """The gateway's own final count (0 if it never reported)."""
     @_builtins.property
     def rate(self) -> _rating_pb2.Rate:
         """The rate applied."""
@@ -418,10 +643,15 @@ class ServiceRecord(_message.Message):
         ended_at: _timestamp_pb2.Timestamp | None = ...,
         application_id: _builtins.str = ...,
         billed_units: _builtins.int = ...,
+        unbilled_units: _builtins.int = ...,
+        unbilled_reason: _builtins.str = ...,
+        usage_discrepancy: _builtins.int = ...,
+        client_used_units: _builtins.int = ...,
+        gateway_used_units: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "ended_at", b"ended_at", "rate", b"rate", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "application_id", b"application_id", "billed_units", b"billed_units", "charged_micros", b"charged_micros", "duration", b"duration", "ended_at", b"ended_at", "endpoint", b"endpoint", "gateway_id", b"gateway_id", "rate", b"rate", "service_type", b"service_type", "session_id", b"session_id", "started_at", b"started_at", "termination_reason", b"termination_reason", "used_units", b"used_units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "application_id", b"application_id", "billed_units", b"billed_units", "charged_micros", b"charged_micros", "client_used_units", b"client_used_units", "duration", b"duration", "ended_at", b"ended_at", "endpoint", b"endpoint", "gateway_id", b"gateway_id", "gateway_used_units", b"gateway_used_units", "rate", b"rate", "service_type", b"service_type", "session_id", b"session_id", "started_at", b"started_at", "termination_reason", b"termination_reason", "unbilled_reason", b"unbilled_reason", "unbilled_units", b"unbilled_units", "usage_discrepancy", b"usage_discrepancy", "used_units", b"used_units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -568,6 +798,8 @@ class AccountEvent(_message.Message):
     USED_UNITS_FIELD_NUMBER: _builtins.int
     TERMINATION_FIELD_NUMBER: _builtins.int
     EVENT_TIME_FIELD_NUMBER: _builtins.int
+    LOW_BALANCE_FIELD_NUMBER: _builtins.int
+    ESTIMATED_TIME_LEFT_FIELD_NUMBER: _builtins.int
     account_id: _builtins.str
     """The account."""
     session_id: _builtins.str
@@ -578,6 +810,8 @@ class AccountEvent(_message.Message):
     """The session's charge so far, in micro-units."""
     used_units: _builtins.int
     """The session's usage so far."""
+    low_balance: _builtins.bool
+    """The balance left is below the account's low-balance threshold."""
     @_builtins.property
     def termination(self) -> Global___Termination:
         """Set when the session ended."""
@@ -585,6 +819,10 @@ class AccountEvent(_message.Message):
     @_builtins.property
     def event_time(self) -> _timestamp_pb2.Timestamp:
         """When it happened."""
+
+    @_builtins.property
+    def estimated_time_left(self) -> _duration_pb2.Duration:
+        """How long the balance and grants last at the session's rate (SECOND services)."""
 
     def __init__(
         self,
@@ -596,10 +834,12 @@ class AccountEvent(_message.Message):
         used_units: _builtins.int = ...,
         termination: Global___Termination | None = ...,
         event_time: _timestamp_pb2.Timestamp | None = ...,
+        low_balance: _builtins.bool = ...,
+        estimated_time_left: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event_time", b"event_time", "termination", b"termination"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["estimated_time_left", b"estimated_time_left", "event_time", b"event_time", "termination", b"termination"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance_micros", b"balance_micros", "charged_micros", b"charged_micros", "event_time", b"event_time", "session_id", b"session_id", "termination", b"termination", "used_units", b"used_units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "balance_micros", b"balance_micros", "charged_micros", b"charged_micros", "estimated_time_left", b"estimated_time_left", "event_time", b"event_time", "low_balance", b"low_balance", "session_id", b"session_id", "termination", b"termination", "used_units", b"used_units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -612,16 +852,26 @@ class WatchTerminationsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     GATEWAY_ID_FIELD_NUMBER: _builtins.int
+    RESUME_AFTER_FIELD_NUMBER: _builtins.int
+    ONLY_NEW_FIELD_NUMBER: _builtins.int
     gateway_id: _builtins.str
     """The gateway; a gateway may watch only its own."""
+    resume_after: _builtins.int
+    """The cursor of the last notice the gateway acted on: the stream starts after it.
+    0 starts at the oldest notice kept.
+    """
+    only_new: _builtins.bool
+    """Skip the notices already written: only those written after the subscription."""
     def __init__(
         self,
         *,
         gateway_id: _builtins.str = ...,
+        resume_after: _builtins.int = ...,
+        only_new: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_id", b"gateway_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_id", b"gateway_id", "only_new", b"only_new", "resume_after", b"resume_after"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -699,19 +949,23 @@ class GetLatestComponentRequest(_message.Message):
 
     PLATFORM_FIELD_NUMBER: _builtins.int
     CURRENT_VERSION_FIELD_NUMBER: _builtins.int
+    NAME_FIELD_NUMBER: _builtins.int
     platform: _builtins.str
-    """The platform, e.g. "linux-x86_64"."""
+    """The platform, e.g. "linux-x86_64"; empty means "any" (built for every platform)."""
     current_version: _builtins.str
-    """The version the client runs."""
+    """The version the client runs; empty when it runs none."""
+    name: _builtins.str
+    """The component; empty means "client"."""
     def __init__(
         self,
         *,
         platform: _builtins.str = ...,
         current_version: _builtins.str = ...,
+        name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_version", b"current_version", "platform", b"platform"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["current_version", b"current_version", "name", b"name", "platform", b"platform"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -729,18 +983,38 @@ class Component(_message.Message):
     SHA256_FIELD_NUMBER: _builtins.int
     SIGNATURE_FIELD_NUMBER: _builtins.int
     UPDATE_AVAILABLE_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SIGNING_KEY_ID_FIELD_NUMBER: _builtins.int
+    PUBLISH_TIME_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Its name."""
     version: _builtins.str
-    """Its version."""
+    """Its version: numbers separated by dots, optionally "-" and a pre-release label."""
     download_url: _builtins.str
-    """Where to download it."""
+    """Empty: the bytes come from DownloadComponent."""
     sha256: _builtins.str
-    """SHA-256 of the file, hex."""
+    """SHA-256 of the bytes, 64 lowercase hex digits."""
     signature: _builtins.str
-    """Signature of the sha256 by the publisher's key, base64."""
+    """Ed25519 signature by the publisher's key, base64, of the statement of name,
+    platform, version, size_bytes and sha256 (six lines: "meterline-component-signature-v1",
+    "name: N", "platform: P", "version: V", "size: S", "sha256: H", each ending in "\\n").
+    Verify it with a key pinned on the device, never with one received from a server.
+    """
     update_available: _builtins.bool
-    """True when current_version is older than version."""
+    """True when current_version is older than version (or empty)."""
+    platform: _builtins.str
+    """The platform it is built for; "any" for every platform."""
+    size_bytes: _builtins.int
+    """Its size in bytes."""
+    signing_key_id: _builtins.str
+    """The key that signed it, named for messages: the first 16 hex digits of the SHA-256 of
+    the raw 32-byte public key.
+    """
+    @_builtins.property
+    def publish_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was published."""
+
     def __init__(
         self,
         *,
@@ -750,11 +1024,746 @@ class Component(_message.Message):
         sha256: _builtins.str = ...,
         signature: _builtins.str = ...,
         update_available: _builtins.bool = ...,
+        platform: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        signing_key_id: _builtins.str = ...,
+        publish_time: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["publish_time", b"publish_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["download_url", b"download_url", "name", b"name", "sha256", b"sha256", "signature", b"signature", "update_available", b"update_available", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["download_url", b"download_url", "name", b"name", "platform", b"platform", "publish_time", b"publish_time", "sha256", b"sha256", "signature", b"signature", "signing_key_id", b"signing_key_id", "size_bytes", b"size_bytes", "update_available", b"update_available", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Component: _TypeAlias = Component  # noqa: Y015
+
+@_typing.final
+class DownloadComponentRequest(_message.Message):
+    """Asks for the bytes of one component version."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    OFFSET_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The component; empty means "client"."""
+    platform: _builtins.str
+    """Its platform; empty means "any"."""
+    version: _builtins.str
+    """The exact version, as GetLatestComponent gave it."""
+    offset: _builtins.int
+    """Start at this byte (to resume a broken download); 0 for the whole file."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        platform: _builtins.str = ...,
+        version: _builtins.str = ...,
+        offset: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "offset", b"offset", "platform", b"platform", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DownloadComponentRequest: _TypeAlias = DownloadComponentRequest  # noqa: Y015
+
+@_typing.final
+class ComponentChunk(_message.Message):
+    """A piece of a component's bytes."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    OFFSET_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    offset: _builtins.int
+    """Where data starts in the file."""
+    data: _builtins.bytes
+    """The bytes."""
+    def __init__(
+        self,
+        *,
+        offset: _builtins.int = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "offset", b"offset"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComponentChunk: _TypeAlias = ComponentChunk  # noqa: Y015
+
+@_typing.final
+class ComponentManifest(_message.Message):
+    """What is published, signed by the operator's key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    SIZE_BYTES_FIELD_NUMBER: _builtins.int
+    SHA256_FIELD_NUMBER: _builtins.int
+    SIGNATURE_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """The component's name."""
+    platform: _builtins.str
+    """The platform it is built for; "any" for every platform."""
+    version: _builtins.str
+    """Its version."""
+    size_bytes: _builtins.int
+    """Its size in bytes."""
+    sha256: _builtins.str
+    """SHA-256 of the bytes, 64 lowercase hex digits."""
+    signature: _builtins.str
+    """The Ed25519 signature of the statement (see Component.signature), base64."""
+    public_key: _builtins.str
+    """The signing key's public half, base64 of its 32 raw bytes; the server checks the
+    signature with it before it accepts the upload.
+    """
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        platform: _builtins.str = ...,
+        version: _builtins.str = ...,
+        size_bytes: _builtins.int = ...,
+        sha256: _builtins.str = ...,
+        signature: _builtins.str = ...,
+        public_key: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "platform", b"platform", "public_key", b"public_key", "sha256", b"sha256", "signature", b"signature", "size_bytes", b"size_bytes", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ComponentManifest: _TypeAlias = ComponentManifest  # noqa: Y015
+
+@_typing.final
+class PublishComponentRequest(_message.Message):
+    """One message of a publish."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MANIFEST_FIELD_NUMBER: _builtins.int
+    DATA_FIELD_NUMBER: _builtins.int
+    data: _builtins.bytes
+    """The next bytes of the file, in order, at most 1 MiB per message."""
+    @_builtins.property
+    def manifest(self) -> Global___ComponentManifest:
+        """What is published; only in the first message."""
+
+    def __init__(
+        self,
+        *,
+        manifest: Global___ComponentManifest | None = ...,
+        data: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "manifest", b"manifest", "part", b"part"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["data", b"data", "manifest", b"manifest", "part", b"part"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_part: _TypeAlias = _typing.Literal["manifest", "data"]  # noqa: Y015
+    _WhichOneofArgType_part: _TypeAlias = _typing.Literal["part", b"part"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_part) -> _WhichOneofReturnType_part | None: ...
+
+Global___PublishComponentRequest: _TypeAlias = PublishComponentRequest  # noqa: Y015
+
+@_typing.final
+class PublishComponentResponse(_message.Message):
+    """What a publish did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPONENT_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """False when the same version with the same bytes and signature was already there."""
+    @_builtins.property
+    def component(self) -> Global___Component:
+        """The published component."""
+
+    def __init__(
+        self,
+        *,
+        component: Global___Component | None = ...,
+        created: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["component", b"component"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["component", b"component", "created", b"created"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PublishComponentResponse: _TypeAlias = PublishComponentResponse  # noqa: Y015
+
+@_typing.final
+class ListComponentsRequest(_message.Message):
+    """Lists published components."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    PLATFORM_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Only this component; empty for all."""
+    platform: _builtins.str
+    """Only this platform; empty for all."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        platform: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "platform", b"platform"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListComponentsRequest: _TypeAlias = ListComponentsRequest  # noqa: Y015
+
+@_typing.final
+class ListComponentsResponse(_message.Message):
+    """The published components."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    COMPONENTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def components(self) -> _containers.RepeatedCompositeFieldContainer[Global___Component]:
+        """By name and platform, newest version first."""
+
+    def __init__(
+        self,
+        *,
+        components: _abc.Iterable[Global___Component] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["components", b"components"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListComponentsResponse: _TypeAlias = ListComponentsResponse  # noqa: Y015
+
+@_typing.final
+class ListGatewaysRequest(_message.Message):
+    """Lists the registered gateways."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGatewaysRequest: _TypeAlias = ListGatewaysRequest  # noqa: Y015
+
+@_typing.final
+class RegisteredGateway(_message.Message):
+    """A gateway of the registry."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GATEWAY_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    SERVICE_TYPES_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    ACTIVE_SESSIONS_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    LAST_SEEN_TIME_FIELD_NUMBER: _builtins.int
+    HEALTHY_FIELD_NUMBER: _builtins.int
+    SKIP_LIVENESS_CHECK_FIELD_NUMBER: _builtins.int
+    UNHEALTHY_REASON_FIELD_NUMBER: _builtins.int
+    gateway_id: _builtins.str
+    """The gateway's name."""
+    address: _builtins.str
+    """host:port clients connect their media to."""
+    enabled: _builtins.bool
+    """True when state is ENABLED."""
+    active_sessions: _builtins.int
+    """Its sessions active now."""
+    state: Global___GatewayState.ValueType
+    """Enabled, draining or disabled."""
+    region: _builtins.str
+    """Its region; empty for none."""
+    capacity: _builtins.int
+    """The most sessions it takes at once; 0 for no limit."""
+    healthy: _builtins.bool
+    """True when it would get new sessions now: enabled, alive (or not checked), not full."""
+    skip_liveness_check: _builtins.bool
+    """True when its liveness is not checked: it counts as alive while enabled."""
+    unhealthy_reason: _builtins.str
+    """Why it gets no new sessions now; empty when healthy."""
+    @_builtins.property
+    def service_types(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.ServiceType.ValueType]:
+        """The service types it carries; empty means every one."""
+
+    @_builtins.property
+    def last_seen_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was last heard of (a heartbeat, an open watch, a start by identity)."""
+
+    def __init__(
+        self,
+        *,
+        gateway_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        service_types: _abc.Iterable[_types_pb2.ServiceType.ValueType] | None = ...,
+        enabled: _builtins.bool = ...,
+        active_sessions: _builtins.int = ...,
+        state: Global___GatewayState.ValueType = ...,
+        region: _builtins.str = ...,
+        capacity: _builtins.int = ...,
+        last_seen_time: _timestamp_pb2.Timestamp | None = ...,
+        healthy: _builtins.bool = ...,
+        skip_liveness_check: _builtins.bool = ...,
+        unhealthy_reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["last_seen_time", b"last_seen_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_sessions", b"active_sessions", "address", b"address", "capacity", b"capacity", "enabled", b"enabled", "gateway_id", b"gateway_id", "healthy", b"healthy", "last_seen_time", b"last_seen_time", "region", b"region", "service_types", b"service_types", "skip_liveness_check", b"skip_liveness_check", "state", b"state", "unhealthy_reason", b"unhealthy_reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisteredGateway: _TypeAlias = RegisteredGateway  # noqa: Y015
+
+@_typing.final
+class ServiceTypeList(_message.Message):
+    """Service types, as a message so that an update can tell "unchanged" from "all"."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_TYPES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def service_types(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.ServiceType.ValueType]:
+        """The service types; empty means every one."""
+
+    def __init__(
+        self,
+        *,
+        service_types: _abc.Iterable[_types_pb2.ServiceType.ValueType] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["service_types", b"service_types"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ServiceTypeList: _TypeAlias = ServiceTypeList  # noqa: Y015
+
+@_typing.final
+class RegisterGatewayRequest(_message.Message):
+    """Adds a gateway."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GATEWAY_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    SERVICE_TYPES_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    SKIP_LIVENESS_CHECK_FIELD_NUMBER: _builtins.int
+    gateway_id: _builtins.str
+    """Its name: letters, digits, ".", "_" and "-", at most 100 characters."""
+    address: _builtins.str
+    """host:port clients connect their media to."""
+    region: _builtins.str
+    """Its region; empty for none."""
+    capacity: _builtins.int
+    """The most sessions it takes at once; 0 for no limit."""
+    skip_liveness_check: _builtins.bool
+    """Do not check its liveness: it counts as alive while enabled (for a gateway that
+    neither watches nor sends heartbeats).
+    """
+    @_builtins.property
+    def service_types(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.ServiceType.ValueType]:
+        """The service types it carries; empty means every one."""
+
+    def __init__(
+        self,
+        *,
+        gateway_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        service_types: _abc.Iterable[_types_pb2.ServiceType.ValueType] | None = ...,
+        region: _builtins.str = ...,
+        capacity: _builtins.int = ...,
+        skip_liveness_check: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "capacity", b"capacity", "gateway_id", b"gateway_id", "region", b"region", "service_types", b"service_types", "skip_liveness_check", b"skip_liveness_check"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterGatewayRequest: _TypeAlias = RegisterGatewayRequest  # noqa: Y015
+
+@_typing.final
+class UpdateGatewayRequest(_message.Message):
+    """Changes a gateway; fields not set stay as they are."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GATEWAY_ID_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    CAPACITY_FIELD_NUMBER: _builtins.int
+    SERVICE_TYPES_FIELD_NUMBER: _builtins.int
+    SKIP_LIVENESS_CHECK_FIELD_NUMBER: _builtins.int
+    gateway_id: _builtins.str
+    """The gateway."""
+    state: Global___GatewayState.ValueType
+    """The new state; UNSPECIFIED keeps it."""
+    address: _builtins.str
+    """A new address."""
+    region: _builtins.str
+    """A new region ("" for none)."""
+    capacity: _builtins.int
+    """A new capacity (0 for no limit)."""
+    skip_liveness_check: _builtins.bool
+    """Whether its liveness is checked."""
+    @_builtins.property
+    def service_types(self) -> Global___ServiceTypeList:
+        """New service types."""
+
+    def __init__(
+        self,
+        *,
+        gateway_id: _builtins.str = ...,
+        state: Global___GatewayState.ValueType = ...,
+        address: _builtins.str | None = ...,
+        region: _builtins.str | None = ...,
+        capacity: _builtins.int | None = ...,
+        service_types: Global___ServiceTypeList | None = ...,
+        skip_liveness_check: _builtins.bool | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_address", b"_address", "_capacity", b"_capacity", "_region", b"_region", "_skip_liveness_check", b"_skip_liveness_check", "address", b"address", "capacity", b"capacity", "region", b"region", "service_types", b"service_types", "skip_liveness_check", b"skip_liveness_check"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_address", b"_address", "_capacity", b"_capacity", "_region", b"_region", "_skip_liveness_check", b"_skip_liveness_check", "address", b"address", "capacity", b"capacity", "gateway_id", b"gateway_id", "region", b"region", "service_types", b"service_types", "skip_liveness_check", b"skip_liveness_check", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__address: _TypeAlias = _typing.Literal["address"]  # noqa: Y015
+    _WhichOneofArgType__address: _TypeAlias = _typing.Literal["_address", b"_address"]  # noqa: Y015
+    _WhichOneofReturnType__capacity: _TypeAlias = _typing.Literal["capacity"]  # noqa: Y015
+    _WhichOneofArgType__capacity: _TypeAlias = _typing.Literal["_capacity", b"_capacity"]  # noqa: Y015
+    _WhichOneofReturnType__region: _TypeAlias = _typing.Literal["region"]  # noqa: Y015
+    _WhichOneofArgType__region: _TypeAlias = _typing.Literal["_region", b"_region"]  # noqa: Y015
+    _WhichOneofReturnType__skip_liveness_check: _TypeAlias = _typing.Literal["skip_liveness_check"]  # noqa: Y015
+    _WhichOneofArgType__skip_liveness_check: _TypeAlias = _typing.Literal["_skip_liveness_check", b"_skip_liveness_check"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__address) -> _WhichOneofReturnType__address | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__capacity) -> _WhichOneofReturnType__capacity | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__region) -> _WhichOneofReturnType__region | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__skip_liveness_check) -> _WhichOneofReturnType__skip_liveness_check | None: ...
+
+Global___UpdateGatewayRequest: _TypeAlias = UpdateGatewayRequest  # noqa: Y015
+
+@_typing.final
+class GatewayHeartbeatRequest(_message.Message):
+    """A gateway's heartbeat."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GATEWAY_ID_FIELD_NUMBER: _builtins.int
+    gateway_id: _builtins.str
+    """The gateway; a gateway may speak only for itself."""
+    def __init__(
+        self,
+        *,
+        gateway_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway_id", b"gateway_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GatewayHeartbeatRequest: _TypeAlias = GatewayHeartbeatRequest  # noqa: Y015
+
+@_typing.final
+class GatewayHeartbeatResponse(_message.Message):
+    """What the registry says of the gateway."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GATEWAY_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def gateway(self) -> Global___RegisteredGateway:
+        """The gateway as registered."""
+
+    @_builtins.property
+    def heartbeat_interval(self) -> _duration_pb2.Duration:
+        """Send the next heartbeat within this (a third of the liveness window)."""
+
+    def __init__(
+        self,
+        *,
+        gateway: Global___RegisteredGateway | None = ...,
+        heartbeat_interval: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["gateway", b"gateway", "heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateway", b"gateway", "heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GatewayHeartbeatResponse: _TypeAlias = GatewayHeartbeatResponse  # noqa: Y015
+
+@_typing.final
+class GetSessionTicketKeyRequest(_message.Message):
+    """Asks for the session ticket key."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetSessionTicketKeyRequest: _TypeAlias = GetSessionTicketKeyRequest  # noqa: Y015
+
+@_typing.final
+class SessionTicketKey(_message.Message):
+    """The public key of session tickets."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALGORITHM_FIELD_NUMBER: _builtins.int
+    KEY_ID_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_FIELD_NUMBER: _builtins.int
+    PUBLIC_KEY_PEM_FIELD_NUMBER: _builtins.int
+    JWK_FIELD_NUMBER: _builtins.int
+    ISSUER_FIELD_NUMBER: _builtins.int
+    algorithm: _builtins.str
+    """"EdDSA" (Ed25519)."""
+    key_id: _builtins.str
+    """The key's id, also in each ticket's "kid" header: the first 16 hex digits of the
+    SHA-256 of the raw 32-byte public key.
+    """
+    public_key: _builtins.str
+    """Base64 of the raw 32-byte public key."""
+    public_key_pem: _builtins.str
+    """The same key as a PEM "PUBLIC KEY" block (SubjectPublicKeyInfo)."""
+    jwk: _builtins.str
+    """The same key as a JSON Web Key ({"kty":"OKP","crv":"Ed25519","x":...})."""
+    issuer: _builtins.str
+    """The issuer every ticket names ("iss")."""
+    def __init__(
+        self,
+        *,
+        algorithm: _builtins.str = ...,
+        key_id: _builtins.str = ...,
+        public_key: _builtins.str = ...,
+        public_key_pem: _builtins.str = ...,
+        jwk: _builtins.str = ...,
+        issuer: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["algorithm", b"algorithm", "issuer", b"issuer", "jwk", b"jwk", "key_id", b"key_id", "public_key", b"public_key", "public_key_pem", b"public_key_pem"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SessionTicketKey: _TypeAlias = SessionTicketKey  # noqa: Y015
+
+@_typing.final
+class AccountIdentity(_message.Message):
+    """One identity of an account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account it names."""
+    @_builtins.property
+    def identity(self) -> Global___SubscriberIdentity:
+        """The identity, as stored (normalized)."""
+
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was added."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        identity: Global___SubscriberIdentity | None = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "identity", b"identity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "create_time", b"create_time", "identity", b"identity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountIdentity: _TypeAlias = AccountIdentity  # noqa: Y015
+
+@_typing.final
+class AddAccountIdentityRequest(_message.Message):
+    """Adds an identity to an account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    @_builtins.property
+    def identity(self) -> Global___SubscriberIdentity:
+        """The identity; unique per kind across all accounts."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        identity: Global___SubscriberIdentity | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "identity", b"identity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddAccountIdentityRequest: _TypeAlias = AddAccountIdentityRequest  # noqa: Y015
+
+@_typing.final
+class RemoveAccountIdentityRequest(_message.Message):
+    """Removes an identity."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account it must belong to."""
+    @_builtins.property
+    def identity(self) -> Global___SubscriberIdentity:
+        """The identity."""
+
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        identity: Global___SubscriberIdentity | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "identity", b"identity"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveAccountIdentityRequest: _TypeAlias = RemoveAccountIdentityRequest  # noqa: Y015
+
+@_typing.final
+class RemoveAccountIdentityResponse(_message.Message):
+    """What a removal did."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REMOVED_FIELD_NUMBER: _builtins.int
+    removed: _builtins.bool
+    """False when the account had no such identity."""
+    def __init__(
+        self,
+        *,
+        removed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["removed", b"removed"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RemoveAccountIdentityResponse: _TypeAlias = RemoveAccountIdentityResponse  # noqa: Y015
+
+@_typing.final
+class ListAccountIdentitiesRequest(_message.Message):
+    """Lists an account's identities."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountIdentitiesRequest: _TypeAlias = ListAccountIdentitiesRequest  # noqa: Y015
+
+@_typing.final
+class ListAccountIdentitiesResponse(_message.Message):
+    """An account's identities."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDENTITIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def identities(self) -> _containers.RepeatedCompositeFieldContainer[Global___AccountIdentity]:
+        """By kind, then value."""
+
+    def __init__(
+        self,
+        *,
+        identities: _abc.Iterable[Global___AccountIdentity] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identities", b"identities"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListAccountIdentitiesResponse: _TypeAlias = ListAccountIdentitiesResponse  # noqa: Y015
+
+@_typing.final
+class ListGatewaysResponse(_message.Message):
+    """Every registered gateway."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    GATEWAYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def gateways(self) -> _containers.RepeatedCompositeFieldContainer[Global___RegisteredGateway]:
+        """Ordered by gateway_id."""
+
+    def __init__(
+        self,
+        *,
+        gateways: _abc.Iterable[Global___RegisteredGateway] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["gateways", b"gateways"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListGatewaysResponse: _TypeAlias = ListGatewaysResponse  # noqa: Y015

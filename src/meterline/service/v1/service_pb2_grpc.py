@@ -76,6 +76,61 @@ class ServiceManagerStub:
                 request_serializer=meterline_dot_service_dot_v1_dot_service__pb2.GetLatestComponentRequest.SerializeToString,
                 response_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.Component.FromString,
                 _registered_method=True)
+        self.DownloadComponent = channel.unary_stream(
+                '/meterline.service.v1.ServiceManager/DownloadComponent',
+                request_serializer=meterline_dot_service_dot_v1_dot_service__pb2.DownloadComponentRequest.SerializeToString,
+                response_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.ComponentChunk.FromString,
+                _registered_method=True)
+        self.PublishComponent = channel.stream_unary(
+                '/meterline.service.v1.ServiceManager/PublishComponent',
+                request_serializer=meterline_dot_service_dot_v1_dot_service__pb2.PublishComponentRequest.SerializeToString,
+                response_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.PublishComponentResponse.FromString,
+                _registered_method=True)
+        self.ListComponents = channel.unary_unary(
+                '/meterline.service.v1.ServiceManager/ListComponents',
+                request_serializer=meterline_dot_service_dot_v1_dot_service__pb2.ListComponentsRequest.SerializeToString,
+                response_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.ListComponentsResponse.FromString,
+                _registered_method=True)
+        self.ListGateways = channel.unary_unary(
+                '/meterline.service.v1.ServiceManager/ListGateways',
+                request_serializer=meterline_dot_service_dot_v1_dot_service__pb2.ListGatewaysRequest.SerializeToString,
+                response_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.ListGatewaysResponse.FromString,
+                _registered_method=True)
+        self.RegisterGateway = channel.unary_unary(
+                '/meterline.service.v1.ServiceManager/RegisterGateway',
+                request_serializer=meterline_dot_service_dot_v1_dot_service__pb2.RegisterGatewayRequest.SerializeToString,
+                response_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.RegisteredGateway.FromString,
+                _registered_method=True)
+        self.UpdateGateway = channel.unary_unary(
+                '/meterline.service.v1.ServiceManager/UpdateGateway',
+                request_serializer=meterline_dot_service_dot_v1_dot_service__pb2.UpdateGatewayRequest.SerializeToString,
+                response_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.RegisteredGateway.FromString,
+                _registered_method=True)
+        self.GatewayHeartbeat = channel.unary_unary(
+                '/meterline.service.v1.ServiceManager/GatewayHeartbeat',
+                request_serializer=meterline_dot_service_dot_v1_dot_service__pb2.GatewayHeartbeatRequest.SerializeToString,
+                response_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.GatewayHeartbeatResponse.FromString,
+                _registered_method=True)
+        self.GetSessionTicketKey = channel.unary_unary(
+                '/meterline.service.v1.ServiceManager/GetSessionTicketKey',
+                request_serializer=meterline_dot_service_dot_v1_dot_service__pb2.GetSessionTicketKeyRequest.SerializeToString,
+                response_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.SessionTicketKey.FromString,
+                _registered_method=True)
+        self.AddAccountIdentity = channel.unary_unary(
+                '/meterline.service.v1.ServiceManager/AddAccountIdentity',
+                request_serializer=meterline_dot_service_dot_v1_dot_service__pb2.AddAccountIdentityRequest.SerializeToString,
+                response_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.AccountIdentity.FromString,
+                _registered_method=True)
+        self.RemoveAccountIdentity = channel.unary_unary(
+                '/meterline.service.v1.ServiceManager/RemoveAccountIdentity',
+                request_serializer=meterline_dot_service_dot_v1_dot_service__pb2.RemoveAccountIdentityRequest.SerializeToString,
+                response_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.RemoveAccountIdentityResponse.FromString,
+                _registered_method=True)
+        self.ListAccountIdentities = channel.unary_unary(
+                '/meterline.service.v1.ServiceManager/ListAccountIdentities',
+                request_serializer=meterline_dot_service_dot_v1_dot_service__pb2.ListAccountIdentitiesRequest.SerializeToString,
+                response_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.ListAccountIdentitiesResponse.FromString,
+                _registered_method=True)
 
 
 class ServiceManagerServicer:
@@ -120,7 +175,11 @@ class ServiceManagerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def WatchTerminations(self, request, context):
-        """Terminations a gateway must act on.
+        """A gateway's durable stream of notices for the sessions routed through it: every
+        termination, final-unit indication (and its lifting by a top-up) and low-balance
+        notice, in order, at least once, from the cursor it resumes after. The first message
+        (NOTICE_KIND_SUBSCRIBED) comes at once; an open watch counts as the gateway's
+        liveness; the stream ends with UNAUTHENTICATED when the caller's token expires.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -135,6 +194,91 @@ class ServiceManagerServicer:
 
     def GetLatestComponent(self, request, context):
         """The latest client component, for the SDK's update check.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadComponent(self, request, context):
+        """The bytes of one published component, in order, in chunks of at most 1 MiB.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishComponent(self, request_iterator, context):
+        """Publishes a signed client component: the manifest first, then the bytes. Operators
+        only. Publishing the same version again with the same bytes and signature changes
+        nothing; with other bytes it is refused (ALREADY_EXISTS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListComponents(self, request, context):
+        """The published components, newest version first within a name and platform.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListGateways(self, request, context):
+        """The gateway registry: each gateway's address, service types, state and load.
+        Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RegisterGateway(self, request, context):
+        """Adds a gateway to the registry. Operators only. Registering the same gateway again
+        with the same settings changes nothing; with others it is refused (ALREADY_EXISTS).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateGateway(self, request, context):
+        """Changes a registered gateway: enable, drain or disable it, or change its address,
+        service types, region or capacity. Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GatewayHeartbeat(self, request, context):
+        """A gateway says it is alive (an open WatchTerminations says so too). A gateway not
+        heard of within the installation's liveness window gets no new sessions.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetSessionTicketKey(self, request, context):
+        """The public key session tickets (StartServiceResponse.gateway.token) are signed
+        with, so a gateway verifies them offline. Any valid token.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddAccountIdentity(self, request, context):
+        """Maps a subscriber identity (E.164 number, IMSI, SIP URI, user name) to an account;
+        each identity names one account. Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveAccountIdentity(self, request, context):
+        """Removes an identity of an account. Operators only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListAccountIdentities(self, request, context):
+        """The identities of an account. Operators only.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -182,6 +326,61 @@ def add_ServiceManagerServicer_to_server(servicer, server):
                     servicer.GetLatestComponent,
                     request_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.GetLatestComponentRequest.FromString,
                     response_serializer=meterline_dot_service_dot_v1_dot_service__pb2.Component.SerializeToString,
+            ),
+            'DownloadComponent': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadComponent,
+                    request_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.DownloadComponentRequest.FromString,
+                    response_serializer=meterline_dot_service_dot_v1_dot_service__pb2.ComponentChunk.SerializeToString,
+            ),
+            'PublishComponent': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishComponent,
+                    request_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.PublishComponentRequest.FromString,
+                    response_serializer=meterline_dot_service_dot_v1_dot_service__pb2.PublishComponentResponse.SerializeToString,
+            ),
+            'ListComponents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListComponents,
+                    request_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.ListComponentsRequest.FromString,
+                    response_serializer=meterline_dot_service_dot_v1_dot_service__pb2.ListComponentsResponse.SerializeToString,
+            ),
+            'ListGateways': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListGateways,
+                    request_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.ListGatewaysRequest.FromString,
+                    response_serializer=meterline_dot_service_dot_v1_dot_service__pb2.ListGatewaysResponse.SerializeToString,
+            ),
+            'RegisterGateway': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterGateway,
+                    request_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.RegisterGatewayRequest.FromString,
+                    response_serializer=meterline_dot_service_dot_v1_dot_service__pb2.RegisteredGateway.SerializeToString,
+            ),
+            'UpdateGateway': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateGateway,
+                    request_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.UpdateGatewayRequest.FromString,
+                    response_serializer=meterline_dot_service_dot_v1_dot_service__pb2.RegisteredGateway.SerializeToString,
+            ),
+            'GatewayHeartbeat': grpc.unary_unary_rpc_method_handler(
+                    servicer.GatewayHeartbeat,
+                    request_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.GatewayHeartbeatRequest.FromString,
+                    response_serializer=meterline_dot_service_dot_v1_dot_service__pb2.GatewayHeartbeatResponse.SerializeToString,
+            ),
+            'GetSessionTicketKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetSessionTicketKey,
+                    request_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.GetSessionTicketKeyRequest.FromString,
+                    response_serializer=meterline_dot_service_dot_v1_dot_service__pb2.SessionTicketKey.SerializeToString,
+            ),
+            'AddAccountIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddAccountIdentity,
+                    request_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.AddAccountIdentityRequest.FromString,
+                    response_serializer=meterline_dot_service_dot_v1_dot_service__pb2.AccountIdentity.SerializeToString,
+            ),
+            'RemoveAccountIdentity': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveAccountIdentity,
+                    request_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.RemoveAccountIdentityRequest.FromString,
+                    response_serializer=meterline_dot_service_dot_v1_dot_service__pb2.RemoveAccountIdentityResponse.SerializeToString,
+            ),
+            'ListAccountIdentities': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAccountIdentities,
+                    request_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.ListAccountIdentitiesRequest.FromString,
+                    response_serializer=meterline_dot_service_dot_v1_dot_service__pb2.ListAccountIdentitiesResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -402,6 +601,303 @@ class ServiceManager:
             '/meterline.service.v1.ServiceManager/GetLatestComponent',
             meterline_dot_service_dot_v1_dot_service__pb2.GetLatestComponentRequest.SerializeToString,
             meterline_dot_service_dot_v1_dot_service__pb2.Component.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadComponent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/meterline.service.v1.ServiceManager/DownloadComponent',
+            meterline_dot_service_dot_v1_dot_service__pb2.DownloadComponentRequest.SerializeToString,
+            meterline_dot_service_dot_v1_dot_service__pb2.ComponentChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishComponent(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/meterline.service.v1.ServiceManager/PublishComponent',
+            meterline_dot_service_dot_v1_dot_service__pb2.PublishComponentRequest.SerializeToString,
+            meterline_dot_service_dot_v1_dot_service__pb2.PublishComponentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListComponents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.service.v1.ServiceManager/ListComponents',
+            meterline_dot_service_dot_v1_dot_service__pb2.ListComponentsRequest.SerializeToString,
+            meterline_dot_service_dot_v1_dot_service__pb2.ListComponentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListGateways(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.service.v1.ServiceManager/ListGateways',
+            meterline_dot_service_dot_v1_dot_service__pb2.ListGatewaysRequest.SerializeToString,
+            meterline_dot_service_dot_v1_dot_service__pb2.ListGatewaysResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterGateway(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.service.v1.ServiceManager/RegisterGateway',
+            meterline_dot_service_dot_v1_dot_service__pb2.RegisterGatewayRequest.SerializeToString,
+            meterline_dot_service_dot_v1_dot_service__pb2.RegisteredGateway.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateGateway(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.service.v1.ServiceManager/UpdateGateway',
+            meterline_dot_service_dot_v1_dot_service__pb2.UpdateGatewayRequest.SerializeToString,
+            meterline_dot_service_dot_v1_dot_service__pb2.RegisteredGateway.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GatewayHeartbeat(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.service.v1.ServiceManager/GatewayHeartbeat',
+            meterline_dot_service_dot_v1_dot_service__pb2.GatewayHeartbeatRequest.SerializeToString,
+            meterline_dot_service_dot_v1_dot_service__pb2.GatewayHeartbeatResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetSessionTicketKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.service.v1.ServiceManager/GetSessionTicketKey',
+            meterline_dot_service_dot_v1_dot_service__pb2.GetSessionTicketKeyRequest.SerializeToString,
+            meterline_dot_service_dot_v1_dot_service__pb2.SessionTicketKey.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddAccountIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.service.v1.ServiceManager/AddAccountIdentity',
+            meterline_dot_service_dot_v1_dot_service__pb2.AddAccountIdentityRequest.SerializeToString,
+            meterline_dot_service_dot_v1_dot_service__pb2.AccountIdentity.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveAccountIdentity(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.service.v1.ServiceManager/RemoveAccountIdentity',
+            meterline_dot_service_dot_v1_dot_service__pb2.RemoveAccountIdentityRequest.SerializeToString,
+            meterline_dot_service_dot_v1_dot_service__pb2.RemoveAccountIdentityResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAccountIdentities(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.service.v1.ServiceManager/ListAccountIdentities',
+            meterline_dot_service_dot_v1_dot_service__pb2.ListAccountIdentitiesRequest.SerializeToString,
+            meterline_dot_service_dot_v1_dot_service__pb2.ListAccountIdentitiesResponse.FromString,
             options,
             channel_credentials,
             insecure,

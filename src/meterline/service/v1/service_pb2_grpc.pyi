@@ -48,11 +48,53 @@ class ServiceManagerStub:
     WatchAccount: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchAccountRequest, _service_pb2.AccountEvent]
     """Balance and charge changes of an account, for displays."""
     WatchTerminations: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchTerminationsRequest, _service_pb2.Termination]
-    """Terminations a gateway must act on."""
+    """A gateway's durable stream of notices for the sessions routed through it: every
+    termination, final-unit indication (and its lifting by a top-up) and low-balance
+    notice, in order, at least once, from the cursor it resumes after. The first message
+    (NOTICE_KIND_SUBSCRIBED) comes at once; an open watch counts as the gateway's
+    liveness; the stream ends with UNAUTHENTICATED when the caller's token expires.
+    """
     ReportGatewayUsage: _grpc.UnaryUnaryMultiCallable[_service_pb2.ReportGatewayUsageRequest, _service_pb2.ReportGatewayUsageResponse]
     """Authoritative usage reported by a gateway."""
     GetLatestComponent: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetLatestComponentRequest, _service_pb2.Component]
     """The latest client component, for the SDK's update check."""
+    DownloadComponent: _grpc.UnaryStreamMultiCallable[_service_pb2.DownloadComponentRequest, _service_pb2.ComponentChunk]
+    """The bytes of one published component, in order, in chunks of at most 1 MiB."""
+    PublishComponent: _grpc.StreamUnaryMultiCallable[_service_pb2.PublishComponentRequest, _service_pb2.PublishComponentResponse]
+    """Publishes a signed client component: the manifest first, then the bytes. Operators
+    only. Publishing the same version again with the same bytes and signature changes
+    nothing; with other bytes it is refused (ALREADY_EXISTS).
+    """
+    ListComponents: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListComponentsRequest, _service_pb2.ListComponentsResponse]
+    """The published components, newest version first within a name and platform."""
+    ListGateways: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListGatewaysRequest, _service_pb2.ListGatewaysResponse]
+    """The gateway registry: each gateway's address, service types, state and load.
+    Operators only.
+    """
+    RegisterGateway: _grpc.UnaryUnaryMultiCallable[_service_pb2.RegisterGatewayRequest, _service_pb2.RegisteredGateway]
+    """Adds a gateway to the registry. Operators only. Registering the same gateway again
+    with the same settings changes nothing; with others it is refused (ALREADY_EXISTS).
+    """
+    UpdateGateway: _grpc.UnaryUnaryMultiCallable[_service_pb2.UpdateGatewayRequest, _service_pb2.RegisteredGateway]
+    """Changes a registered gateway: enable, drain or disable it, or change its address,
+    service types, region or capacity. Operators only.
+    """
+    GatewayHeartbeat: _grpc.UnaryUnaryMultiCallable[_service_pb2.GatewayHeartbeatRequest, _service_pb2.GatewayHeartbeatResponse]
+    """A gateway says it is alive (an open WatchTerminations says so too). A gateway not
+    heard of within the installation's liveness window gets no new sessions.
+    """
+    GetSessionTicketKey: _grpc.UnaryUnaryMultiCallable[_service_pb2.GetSessionTicketKeyRequest, _service_pb2.SessionTicketKey]
+    """The public key session tickets (StartServiceResponse.gateway.token) are signed
+    with, so a gateway verifies them offline. Any valid token.
+    """
+    AddAccountIdentity: _grpc.UnaryUnaryMultiCallable[_service_pb2.AddAccountIdentityRequest, _service_pb2.AccountIdentity]
+    """Maps a subscriber identity (E.164 number, IMSI, SIP URI, user name) to an account;
+    each identity names one account. Operators only.
+    """
+    RemoveAccountIdentity: _grpc.UnaryUnaryMultiCallable[_service_pb2.RemoveAccountIdentityRequest, _service_pb2.RemoveAccountIdentityResponse]
+    """Removes an identity of an account. Operators only."""
+    ListAccountIdentities: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListAccountIdentitiesRequest, _service_pb2.ListAccountIdentitiesResponse]
+    """The identities of an account. Operators only."""
 
 @_typing.type_check_only
 class ServiceManagerAsyncStub(ServiceManagerStub):
@@ -74,11 +116,53 @@ class ServiceManagerAsyncStub(ServiceManagerStub):
     WatchAccount: _aio.UnaryStreamMultiCallable[_service_pb2.WatchAccountRequest, _service_pb2.AccountEvent]  # type: ignore[assignment]
     """Balance and charge changes of an account, for displays."""
     WatchTerminations: _aio.UnaryStreamMultiCallable[_service_pb2.WatchTerminationsRequest, _service_pb2.Termination]  # type: ignore[assignment]
-    """Terminations a gateway must act on."""
+    """A gateway's durable stream of notices for the sessions routed through it: every
+    termination, final-unit indication (and its lifting by a top-up) and low-balance
+    notice, in order, at least once, from the cursor it resumes after. The first message
+    (NOTICE_KIND_SUBSCRIBED) comes at once; an open watch counts as the gateway's
+    liveness; the stream ends with UNAUTHENTICATED when the caller's token expires.
+    """
     ReportGatewayUsage: _aio.UnaryUnaryMultiCallable[_service_pb2.ReportGatewayUsageRequest, _service_pb2.ReportGatewayUsageResponse]  # type: ignore[assignment]
     """Authoritative usage reported by a gateway."""
     GetLatestComponent: _aio.UnaryUnaryMultiCallable[_service_pb2.GetLatestComponentRequest, _service_pb2.Component]  # type: ignore[assignment]
     """The latest client component, for the SDK's update check."""
+    DownloadComponent: _aio.UnaryStreamMultiCallable[_service_pb2.DownloadComponentRequest, _service_pb2.ComponentChunk]  # type: ignore[assignment]
+    """The bytes of one published component, in order, in chunks of at most 1 MiB."""
+    PublishComponent: _aio.StreamUnaryMultiCallable[_service_pb2.PublishComponentRequest, _service_pb2.PublishComponentResponse]  # type: ignore[assignment]
+    """Publishes a signed client component: the manifest first, then the bytes. Operators
+    only. Publishing the same version again with the same bytes and signature changes
+    nothing; with other bytes it is refused (ALREADY_EXISTS).
+    """
+    ListComponents: _aio.UnaryUnaryMultiCallable[_service_pb2.ListComponentsRequest, _service_pb2.ListComponentsResponse]  # type: ignore[assignment]
+    """The published components, newest version first within a name and platform."""
+    ListGateways: _aio.UnaryUnaryMultiCallable[_service_pb2.ListGatewaysRequest, _service_pb2.ListGatewaysResponse]  # type: ignore[assignment]
+    """The gateway registry: each gateway's address, service types, state and load.
+    Operators only.
+    """
+    RegisterGateway: _aio.UnaryUnaryMultiCallable[_service_pb2.RegisterGatewayRequest, _service_pb2.RegisteredGateway]  # type: ignore[assignment]
+    """Adds a gateway to the registry. Operators only. Registering the same gateway again
+    with the same settings changes nothing; with others it is refused (ALREADY_EXISTS).
+    """
+    UpdateGateway: _aio.UnaryUnaryMultiCallable[_service_pb2.UpdateGatewayRequest, _service_pb2.RegisteredGateway]  # type: ignore[assignment]
+    """Changes a registered gateway: enable, drain or disable it, or change its address,
+    service types, region or capacity. Operators only.
+    """
+    GatewayHeartbeat: _aio.UnaryUnaryMultiCallable[_service_pb2.GatewayHeartbeatRequest, _service_pb2.GatewayHeartbeatResponse]  # type: ignore[assignment]
+    """A gateway says it is alive (an open WatchTerminations says so too). A gateway not
+    heard of within the installation's liveness window gets no new sessions.
+    """
+    GetSessionTicketKey: _aio.UnaryUnaryMultiCallable[_service_pb2.GetSessionTicketKeyRequest, _service_pb2.SessionTicketKey]  # type: ignore[assignment]
+    """The public key session tickets (StartServiceResponse.gateway.token) are signed
+    with, so a gateway verifies them offline. Any valid token.
+    """
+    AddAccountIdentity: _aio.UnaryUnaryMultiCallable[_service_pb2.AddAccountIdentityRequest, _service_pb2.AccountIdentity]  # type: ignore[assignment]
+    """Maps a subscriber identity (E.164 number, IMSI, SIP URI, user name) to an account;
+    each identity names one account. Operators only.
+    """
+    RemoveAccountIdentity: _aio.UnaryUnaryMultiCallable[_service_pb2.RemoveAccountIdentityRequest, _service_pb2.RemoveAccountIdentityResponse]  # type: ignore[assignment]
+    """Removes an identity of an account. Operators only."""
+    ListAccountIdentities: _aio.UnaryUnaryMultiCallable[_service_pb2.ListAccountIdentitiesRequest, _service_pb2.ListAccountIdentitiesResponse]  # type: ignore[assignment]
+    """The identities of an account. Operators only."""
 
 class ServiceManagerServicer(metaclass=_abc_1.ABCMeta):
     """Starts services, grants quota, meters usage over a bidirectional stream, terminates
@@ -133,7 +217,12 @@ class ServiceManagerServicer(metaclass=_abc_1.ABCMeta):
         request: _service_pb2.WatchTerminationsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_service_pb2.Termination], _abc.AsyncIterator[_service_pb2.Termination]]:
-        """Terminations a gateway must act on."""
+        """A gateway's durable stream of notices for the sessions routed through it: every
+        termination, final-unit indication (and its lifting by a top-up) and low-balance
+        notice, in order, at least once, from the cursor it resumes after. The first message
+        (NOTICE_KIND_SUBSCRIBED) comes at once; an open watch counts as the gateway's
+        liveness; the stream ends with UNAUTHENTICATED when the caller's token expires.
+        """
 
     @_abc_1.abstractmethod
     def ReportGatewayUsage(
@@ -150,5 +239,108 @@ class ServiceManagerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.Component, _abc.Awaitable[_service_pb2.Component]]:
         """The latest client component, for the SDK's update check."""
+
+    @_abc_1.abstractmethod
+    def DownloadComponent(
+        self,
+        request: _service_pb2.DownloadComponentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_service_pb2.ComponentChunk], _abc.AsyncIterator[_service_pb2.ComponentChunk]]:
+        """The bytes of one published component, in order, in chunks of at most 1 MiB."""
+
+    @_abc_1.abstractmethod
+    def PublishComponent(
+        self,
+        request_iterator: _MaybeAsyncIterator[_service_pb2.PublishComponentRequest],
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.PublishComponentResponse, _abc.Awaitable[_service_pb2.PublishComponentResponse]]:
+        """Publishes a signed client component: the manifest first, then the bytes. Operators
+        only. Publishing the same version again with the same bytes and signature changes
+        nothing; with other bytes it is refused (ALREADY_EXISTS).
+        """
+
+    @_abc_1.abstractmethod
+    def ListComponents(
+        self,
+        request: _service_pb2.ListComponentsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ListComponentsResponse, _abc.Awaitable[_service_pb2.ListComponentsResponse]]:
+        """The published components, newest version first within a name and platform."""
+
+    @_abc_1.abstractmethod
+    def ListGateways(
+        self,
+        request: _service_pb2.ListGatewaysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ListGatewaysResponse, _abc.Awaitable[_service_pb2.ListGatewaysResponse]]:
+        """The gateway registry: each gateway's address, service types, state and load.
+        Operators only.
+        """
+
+    @_abc_1.abstractmethod
+    def RegisterGateway(
+        self,
+        request: _service_pb2.RegisterGatewayRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.RegisteredGateway, _abc.Awaitable[_service_pb2.RegisteredGateway]]:
+        """Adds a gateway to the registry. Operators only. Registering the same gateway again
+        with the same settings changes nothing; with others it is refused (ALREADY_EXISTS).
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateGateway(
+        self,
+        request: _service_pb2.UpdateGatewayRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.RegisteredGateway, _abc.Awaitable[_service_pb2.RegisteredGateway]]:
+        """Changes a registered gateway: enable, drain or disable it, or change its address,
+        service types, region or capacity. Operators only.
+        """
+
+    @_abc_1.abstractmethod
+    def GatewayHeartbeat(
+        self,
+        request: _service_pb2.GatewayHeartbeatRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.GatewayHeartbeatResponse, _abc.Awaitable[_service_pb2.GatewayHeartbeatResponse]]:
+        """A gateway says it is alive (an open WatchTerminations says so too). A gateway not
+        heard of within the installation's liveness window gets no new sessions.
+        """
+
+    @_abc_1.abstractmethod
+    def GetSessionTicketKey(
+        self,
+        request: _service_pb2.GetSessionTicketKeyRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.SessionTicketKey, _abc.Awaitable[_service_pb2.SessionTicketKey]]:
+        """The public key session tickets (StartServiceResponse.gateway.token) are signed
+        with, so a gateway verifies them offline. Any valid token.
+        """
+
+    @_abc_1.abstractmethod
+    def AddAccountIdentity(
+        self,
+        request: _service_pb2.AddAccountIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.AccountIdentity, _abc.Awaitable[_service_pb2.AccountIdentity]]:
+        """Maps a subscriber identity (E.164 number, IMSI, SIP URI, user name) to an account;
+        each identity names one account. Operators only.
+        """
+
+    @_abc_1.abstractmethod
+    def RemoveAccountIdentity(
+        self,
+        request: _service_pb2.RemoveAccountIdentityRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.RemoveAccountIdentityResponse, _abc.Awaitable[_service_pb2.RemoveAccountIdentityResponse]]:
+        """Removes an identity of an account. Operators only."""
+
+    @_abc_1.abstractmethod
+    def ListAccountIdentities(
+        self,
+        request: _service_pb2.ListAccountIdentitiesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ListAccountIdentitiesResponse, _abc.Awaitable[_service_pb2.ListAccountIdentitiesResponse]]:
+        """The identities of an account. Operators only."""
 
 def add_ServiceManagerServicer_to_server(servicer: ServiceManagerServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -1,0 +1,1 @@
+"""Meterline's wire contract: the generated protobuf modules, as the device SDK ships them."""

@@ -8,7 +8,14 @@ from typing import Any
 import grpc
 
 from billing_manager.authentication import Authentication
-from billing_manager.domain.ledger import AccountStatus, AccountView, Hold, Invoice, Transaction
+from billing_manager.domain.ledger import (
+    AccountStatus,
+    AccountView,
+    Hold,
+    Invoice,
+    Transaction,
+    TransactionKind,
+)
 from billing_manager.ledger import Ledger
 from meterline.auth.v1 import auth_pb2, auth_pb2_grpc
 from meterline.billing.v1 import billing_pb2, billing_pb2_grpc
@@ -266,7 +273,25 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
     ) -> billing_pb2.ListLedgerEntriesResponse:
         self._auth.principal(context).require_account(request.account_id)
         limit, after = _page(request.page_size, request.page_token)
-        lines = await self._ledger.entries(request.account_id, after, limit + 1)
+        try:
+            kinds = tuple(
+                TransactionKind(
+                    billing_pb2.TransactionKind.Name(kind).removeprefix("TRANSACTION_KIND_")
+                )
+                for kind in request.kinds
+            )
+        except ValueError as exc:  # UNSPECIFIED, or a number this service does not know
+            raise InvalidArgument("kinds names a transaction kind that does not exist.") from exc
+        lines = await self._ledger.entries(
+            request.account_id,
+            after,
+            limit + 1,
+            kinds,
+            from_timestamp(request.start_time, "start_time")
+            if request.HasField("start_time")
+            else None,
+            from_timestamp(request.end_time, "end_time") if request.HasField("end_time") else None,
+        )
         response = billing_pb2.ListLedgerEntriesResponse(
             entries=[
                 billing_pb2.LedgerEntry(

@@ -461,11 +461,24 @@ class Ledger:
             self._engine, lambda conn: accounts_after(conn, after_id, limit)
         )
 
-    async def entries(self, account_id: str, after_entry_id: int, limit: int) -> list[LedgerLine]:
+    async def entries(
+        self,
+        account_id: str,
+        after_entry_id: int,
+        limit: int,
+        kinds: tuple[TransactionKind, ...] = (),
+        start: datetime | None = None,
+        end: datetime | None = None,
+    ) -> list[LedgerLine]:
+        if start is not None and end is not None and end <= start:
+            raise InvalidArgument("end_time must be after start_time.")
+
         async def read(conn: AsyncConnection) -> list[LedgerLine]:
             if await self._store.account(conn, account_id) is None:
                 raise _no_account(account_id)
-            return await self._store.entries(conn, account_id, after_entry_id, limit)
+            return await self._store.entries(
+                conn, account_id, after_entry_id, limit, kinds, start, end
+            )
 
         return await run_on_connection(self._engine, read)
 

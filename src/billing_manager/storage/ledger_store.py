@@ -7,6 +7,7 @@ movement_store.py."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -71,17 +72,28 @@ class LedgerStore:
         return _account(row) if row else None
 
     async def entries(
-        self, conn: AsyncConnection, account_id: str, after_entry_id: int, limit: int
+        self,
+        conn: AsyncConnection,
+        account_id: str,
+        after_entry_id: int,
+        limit: int,
+        kinds: Sequence[TransactionKind] = (),
+        start: datetime | None = None,
+        end: datetime | None = None,
     ) -> list[LedgerLine]:
-        rows = await conn.execute(
-            select(ledger_entries)
-            .where(
-                ledger_entries.c.account_id == account_id,
-                ledger_entries.c.entry_id > after_entry_id,
-            )
-            .order_by(ledger_entries.c.entry_id)
-            .limit(limit)
+        """A page of the account's entries in order, of the `kinds` given (all if none),
+        written in [start, end)."""
+        query = select(ledger_entries).where(
+            ledger_entries.c.account_id == account_id,
+            ledger_entries.c.entry_id > after_entry_id,
         )
+        if kinds:
+            query = query.where(ledger_entries.c.kind.in_([kind.value for kind in kinds]))
+        if start is not None:
+            query = query.where(ledger_entries.c.created_at >= start)
+        if end is not None:
+            query = query.where(ledger_entries.c.created_at < end)
+        rows = await conn.execute(query.order_by(ledger_entries.c.entry_id).limit(limit))
         return [
             LedgerLine(
                 entry_id=row.entry_id,

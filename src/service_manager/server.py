@@ -247,7 +247,7 @@ def main(address: str | None = None) -> None:
     def begin() -> Awaitable[ServiceHandle]:
         # Inside run_until_signalled, so a setting that cannot be used is one line.
         settings = load_settings()
-        configure_logging(settings.log_level)
+        configure_logging(settings.log_level, settings.log_format)
         return start(settings, address)
 
     run_until_signalled(begin)

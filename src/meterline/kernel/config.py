@@ -8,7 +8,7 @@ import hashlib
 import hmac
 import os
 import secrets
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -193,6 +193,9 @@ class Settings:
     """`METERLINE_MIGRATE_ON_START`: each service upgrades its database schema on start."""
     log_level: str = "INFO"
     """`METERLINE_LOG_LEVEL`: DEBUG, INFO, WARNING or ERROR."""
+    log_format: str = "text"
+    """`METERLINE_LOG_FORMAT`: text (one readable line per record) or json (one JSON
+    object per line, for log collectors)."""
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -332,8 +335,25 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         hold_sweep_seconds=_int(env, "METERLINE_HOLD_SWEEP_SECONDS", 30),
         token_ttl_seconds=_int(env, "METERLINE_TOKEN_TTL_SECONDS", 900, minimum=10),
         migrate_on_start=_bool(env, "METERLINE_MIGRATE_ON_START", True),
-        log_level=(env.get("METERLINE_LOG_LEVEL") or "INFO").upper(),
+        log_level=_one_of(env, "METERLINE_LOG_LEVEL", LOG_LEVELS, "INFO"),
+        log_format=_one_of(env, "METERLINE_LOG_FORMAT", LOG_FORMATS, "text"),
     )
+
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+LOG_FORMATS = ("text", "json")
+
+
+def _one_of(env: Mapping[str, str], name: str, allowed: Sequence[str], default: str) -> str:
+    """A setting that must be one of `allowed` (case-insensitive); refused otherwise,
+    never quietly taken as the default."""
+    value = (env.get(name) or "").strip()
+    if not value:
+        return default
+    for choice in allowed:
+        if value.lower() == choice.lower():
+            return choice
+    raise ConfigError(f"{name}={value!r} is not one of {', '.join(allowed)}.")
 
 
 TOKEN_SECRET_FILE = "token-secret"

@@ -11,6 +11,7 @@ from meterline.kernel.db import DatabaseProbe, create_engine_for, upgrade_schema
 from meterline.kernel.grpc_server import Authenticator, start_server
 from meterline.kernel.health import follow_store
 from meterline.kernel.logs import configure_logging
+from meterline.kernel.metrics import serve_metrics
 from meterline.kernel.runtime import ServiceHandle, run_until_signalled
 from meterline.kernel.tls import server_credentials
 from meterline.kernel.tokens import TokenSigner
@@ -59,6 +60,8 @@ def main(address: str | None = None) -> None:
         # Inside run_until_signalled, so a setting that cannot be used is one line.
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
+        if settings.metrics_address:
+            serve_metrics(settings.metrics_address)
         return start(settings, address)
 
     run_until_signalled(begin)

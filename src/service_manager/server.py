@@ -18,12 +18,14 @@ from pathlib import Path
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from meterline.kernel import metrics
 from meterline.kernel.config import Settings, load_settings, require_url, token_secret
 from meterline.kernel.db import upgrade_schema
 from meterline.kernel.errors import MeterlineError
 from meterline.kernel.grpc_server import Authenticator, start_server
 from meterline.kernel.health import follow_store
 from meterline.kernel.logs import configure_logging
+from meterline.kernel.metrics import serve_metrics
 from meterline.kernel.pg_pool import PooledDatabase
 from meterline.kernel.runtime import ServiceHandle, run_until_signalled
 from meterline.kernel.tickets import TicketSigner, ticket_key
@@ -118,6 +120,7 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
     retention = timedelta(seconds=settings.gateways.notice_retention_seconds)
 
     live = LiveSessions()
+    metrics.ACTIVE_SESSIONS.set_function(lambda: len(live))
     presence = RedisPresence(redis, settings.stores.redis_prefix)
     subscriptions = RedisSubscriptions(redis, settings.stores.redis_prefix)
     quota = Quota(store, peers, live, settings.quota, engine.reserve_ahead_at)
@@ -248,6 +251,8 @@ def main(address: str | None = None) -> None:
         # Inside run_until_signalled, so a setting that cannot be used is one line.
         settings = load_settings()
         configure_logging(settings.log_level, settings.log_format)
+        if settings.metrics_address:
+            serve_metrics(settings.metrics_address)
         return start(settings, address)
 
     run_until_signalled(begin)

@@ -193,6 +193,9 @@ class Settings:
     """`METERLINE_MIGRATE_ON_START`: each service upgrades its database schema on start."""
     log_level: str = "INFO"
     """`METERLINE_LOG_LEVEL`: DEBUG, INFO, WARNING or ERROR."""
+    metrics_address: str = ""
+    """`METERLINE_METRICS_ADDRESS`: host:port where this process serves Prometheus
+    /metrics (port 0 picks one, logged); empty: not served. Each process needs its own."""
     log_format: str = "text"
     """`METERLINE_LOG_FORMAT`: text (one readable line per record) or json (one JSON
     object per line, for log collectors)."""
@@ -337,6 +340,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         migrate_on_start=_bool(env, "METERLINE_MIGRATE_ON_START", True),
         log_level=_one_of(env, "METERLINE_LOG_LEVEL", LOG_LEVELS, "INFO"),
         log_format=_one_of(env, "METERLINE_LOG_FORMAT", LOG_FORMATS, "text"),
+        metrics_address=(env.get("METERLINE_METRICS_ADDRESS") or "").strip(),
     )
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, NoReturn, TypeVar
@@ -15,7 +16,7 @@ import grpc
 from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from meterline.kernel import errors
+from meterline.kernel import errors, metrics
 from meterline.kernel.money import AmountError
 from meterline.kernel.store_errors import as_unavailable, one_line
 
@@ -88,6 +89,22 @@ def _is_ours(error: BaseException) -> bool:
     return isinstance(error, errors.MeterlineError | AmountError)
 
 
+_SERVICE_NAMES: dict[type, str] = {}
+
+
+def _rpc_name(servicer: object, method: Callable[..., Any]) -> str:
+    """`Service.Method` as the proto names them (the generated base class of the
+    servicer), for the metrics."""
+    kind = type(servicer)
+    service = _SERVICE_NAMES.get(kind)
+    if service is None:
+        generated = next(
+            (base for base in kind.__mro__ if base.__module__.endswith("_pb2_grpc")), kind
+        )
+        service = _SERVICE_NAMES[kind] = generated.__name__.removesuffix("Servicer")
+    return f"{service}.{method.__name__}"
+
+
 def _database_of(servicer: object) -> str:
     """What a servicer's public messages call its database: its `database_label`."""
     return str(getattr(servicer, "database_label", "database"))
@@ -108,6 +125,7 @@ def unary(
     async def wrapper(
         self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]
     ) -> Resp:
+        context.add_done_callback(metrics.call_done(_rpc_name(self, method), time.perf_counter()))
         try:
             return await method(self, request, context)
         except Exception as error:
@@ -129,6 +147,7 @@ def streaming(
     async def wrapper(
         self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Resp]:
+        context.add_done_callback(metrics.call_done(_rpc_name(self, method), time.perf_counter()))
         try:
             async for response in method(self, request, context):
                 yield response

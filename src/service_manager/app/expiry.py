@@ -7,6 +7,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
+from meterline.kernel import metrics
 from meterline.kernel.errors import MeterlineError
 from service_manager.app.ports import Presence, SessionStore
 from service_manager.app.settlement import SETTLEMENT_LEASE, Settlement
@@ -42,6 +43,7 @@ class Expiry:
         try:
             session = await self._store.get(session_id)
             if session is not None and session.termination_reason is not None:
+                metrics.CUT_OFFS.labels(session.termination_reason.value).inc()
                 await self._settlement.complete(session)
         except MeterlineError as error:
             log.warning(

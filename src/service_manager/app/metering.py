@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
+from meterline.kernel import metrics
 from meterline.kernel.errors import NotFound, Unavailable
 from meterline.kernel.principals import Principal
 from service_manager.app.live import LiveSession, LiveSessions
@@ -135,6 +136,7 @@ class Metering:
             return await self.ended_answer(session_id, live)
         if classify_update(session, sequence, used_units, self._max_gap) is UpdateKind.APPLY:
             apply_client_usage(session, sequence, used_units, datetime.now(UTC))
+            metrics.USAGE_UPDATES.inc()
             self._live.mark_dirty(live)
             await self.after_usage(live)
             if live.lost:

@@ -12,6 +12,7 @@ import asyncio
 import logging
 from datetime import UTC, datetime, timedelta
 
+from meterline.kernel import metrics
 from meterline.kernel.errors import NotFound, Unavailable
 from service_manager.app.live import LiveSession, LiveSessions
 from service_manager.app.metering import UsageBatcher
@@ -257,4 +258,5 @@ class Settlement:
 
     async def cut_off(self, live: LiveSession) -> None:
         """End a session whose grant is used up and cannot be extended."""
+        metrics.CUT_OFFS.labels(TerminationReason.BALANCE_EXHAUSTED.value).inc()
         await self.settle(live.session.session_id, None, TerminationReason.BALANCE_EXHAUSTED)

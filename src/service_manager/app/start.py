@@ -15,6 +15,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from meterline.kernel import metrics
 from meterline.kernel.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -236,6 +237,7 @@ class StartSession:
         session.granted_units = grant.granted_units
         session.held_micros = grant.amount_micros
         self._presence.started(session)
+        metrics.SESSIONS_STARTED.inc()
         log.info(
             "session %s started for account %s (%s to %s)",
             session.session_id,

@@ -186,6 +186,31 @@ class MeterlineClient:
             available_micros=found.available_micros,
         )
 
+    async def redeem_voucher(self, code: str) -> Balance:
+        """Top up this device's own account with a prepaid voucher code (as printed; case,
+        spaces and dashes do not matter); the balance after it. A repeat of the same code
+        on the same account returns that first funding (a retry is safe); a used, expired,
+        unknown or other-currency code is refused (its `reason`: VOUCHER_USED,
+        VOUCHER_EXPIRED, VOUCHER_UNKNOWN, CURRENCY_MISMATCH) and changes nothing."""
+        account = self.account_id or await self.login()
+        request = billing_pb2.RedeemVoucherRequest(account_id=account, code=code)
+
+        async def call(
+            channel: grpc.aio.Channel, deadline: float
+        ) -> billing_pb2.RedeemVoucherResponse:
+            stub = billing_pb2_grpc.BillingManagerStub(channel)
+            return await stub.RedeemVoucher(
+                request, metadata=await self.tokens.metadata(), timeout=deadline
+            )
+
+        funded = (await self.auth_pool.call(call, refresh_token=self.tokens.invalidate)).account
+        return Balance(
+            account_id=funded.account_id,
+            currency=funded.currency,
+            balance_micros=funded.balance_micros,
+            available_micros=funded.available_micros,
+        )
+
     # -- component updates (client_sdk.updates) --------------------------------------------
 
     def component_updates(self, updates: UpdateConfig) -> ComponentUpdates:

@@ -311,6 +311,10 @@ class MeterlineClient:
     def balance(self) -> Balance:
         return self._loop.run(self._client.balance())
 
+    def redeem_voucher(self, code: str) -> Balance:
+        """Top up with a voucher; see `client_sdk.MeterlineClient.redeem_voucher`."""
+        return self._loop.run(self._client.redeem_voucher(code))
+
     def check_for_update(self, updates: UpdateConfig | None = None) -> UpdateAvailable | None:
         """A newer published component than `updates.current_version` (default: the
         config's), or None."""

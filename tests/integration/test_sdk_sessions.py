@@ -22,11 +22,13 @@ from client_sdk import (
     ClientConfig,
     InsufficientFunds,
     MeterlineClient,
+    ServiceRefused,
     ServiceType,
     TerminationReason,
     Unit,
     UnknownEndpoint,
 )
+from meterline.billing.v1 import billing_pb2
 from meterline.kernel.config import QuotaPolicy
 from meterline.kernel.principals import Principal, PrincipalKind
 from meterline.rating.v1 import rating_pb2, types_pb2
@@ -330,3 +332,28 @@ async def test_the_readme_snippet_runs(short_liveness: InProcessStack, api: Stub
         snippet = snippet.replace(printed, here)
     out = await run_device(sys.executable, "-c", snippet)
     assert out.strip().splitlines()[-1] == "charged 0.11 EUR"
+
+
+async def test_a_device_tops_up_with_a_voucher_once(
+    short_liveness: InProcessStack, api: Stubs
+) -> None:
+    batch = await api.billing.CreateVouchers(
+        billing_pb2.CreateVouchersRequest(count=1, amount_micros=2_500_000, currency="EUR"),
+        metadata=OPERATOR,
+    )
+    (code,) = batch.codes
+    _, client_id, secret = await credential(api, funded=1_000_000)
+    async with MeterlineClient(config(short_liveness, client_id, secret)) as client:
+        before = await client.balance()
+        after = await client.redeem_voucher(code.lower().replace("-", " "))
+        assert after.balance_micros == before.balance_micros + 2_500_000
+        assert (await client.balance()).balance_micros == after.balance_micros
+        # The same code again on this account: the first funding, not a second one.
+        assert (await client.redeem_voucher(code)).balance_micros == after.balance_micros
+        assert (await client.balance()).balance_micros == after.balance_micros
+    _, other_id, other_secret = await credential(api, funded=0)
+    async with MeterlineClient(config(short_liveness, other_id, other_secret)) as other:
+        with pytest.raises(ServiceRefused) as used:
+            await other.redeem_voucher(code)
+        assert used.value.reason == "VOUCHER_USED"
+        assert (await other.balance()).balance_micros == 0

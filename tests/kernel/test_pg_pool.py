@@ -5,6 +5,7 @@ once; after a long outage the first call works, long before the pool's own backo
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -103,3 +104,36 @@ async def test_a_restart_and_a_long_outage(postgres: PrivatePostgres) -> None:
         assert time.monotonic() - began < 2.0
     finally:
         await db.close()
+
+
+async def test_a_busy_plain_pool_is_unavailable_at_once_without_a_retry(
+    stores: StoreUrls, caplog: pytest.LogCaptureFixture
+) -> None:
+    """run_on_pool (the service manager's stores): PoolTimeout is an OperationalError,
+    and must not be taken for a connection a restart broke (retried after a pool check)."""
+    from psycopg_pool import AsyncConnectionPool
+
+    from meterline.kernel.db import libpq_dsn
+    from meterline.kernel.errors import Unavailable
+    from meterline.kernel.pg_pool import run_on_pool
+
+    pool: AsyncConnectionPool[psycopg.AsyncConnection[object]] = AsyncConnectionPool(
+        libpq_dsn(stores.service_url), min_size=1, max_size=1, timeout=0.3, open=False
+    )
+    await pool.open(wait=True)
+    caplog.set_level(logging.INFO, logger="meterline.kernel.pg_pool")
+    runs = 0
+
+    async def work(conn: psycopg.AsyncConnection[object]) -> int:
+        nonlocal runs
+        runs += 1
+        return 1
+
+    try:
+        async with pool.connection():  # the pool's only connection, held
+            with pytest.raises(Unavailable, match="busy test database"):
+                await run_on_pool(pool, work, "The busy test database cannot be reached.")
+        assert "connection lost" not in caplog.text  # refused once, not retried
+        assert await run_on_pool(pool, work, "unused") == 1 and runs == 1
+    finally:
+        await pool.close()

@@ -32,6 +32,7 @@ from psycopg.types.numeric import Int8Dumper
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from meterline.kernel.db import CONNECT_TIMEOUT_SECONDS, libpq_dsn
+from meterline.kernel.errors import Unavailable
 from meterline.kernel.store_errors import one_line
 
 log = logging.getLogger(__name__)
@@ -182,3 +183,26 @@ class PooledDatabase:
         retiring = asyncio.create_task(old.close())
         self._retiring.add(retiring)
         retiring.add_done_callback(self._retiring.discard)
+
+
+async def run_on_pool(
+    pool: AsyncConnectionPool[Any],
+    work: Callable[[Any], Awaitable[T]],
+    unreachable: str,
+) -> T:
+    """Run `work` (one transaction, or reads) on a connection of a plain psycopg_pool
+    pool. A connection a restart broke is thrown away and the work tried once more on a
+    checked one; a pool with no connection to give (PoolTimeout, itself an
+    OperationalError, so it is caught first) is UNAVAILABLE at once, not retried."""
+    for attempt in (1, 2):
+        try:
+            async with pool.connection() as conn:
+                return await work(conn)
+        except PoolTimeout as error:
+            raise Unavailable(unreachable) from error
+        except psycopg.OperationalError as error:
+            if attempt == 2:
+                raise Unavailable(unreachable) from error
+            log.info("database connection lost (%s); trying again", one_line(error))
+            await pool.check()
+    raise AssertionError("unreachable")  # pragma: no cover

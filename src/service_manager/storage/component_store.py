@@ -14,6 +14,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from client_sdk.components import Version
 from meterline.kernel.db import libpq_dsn
 from meterline.kernel.errors import Unavailable
+from meterline.kernel.pg_pool import run_on_pool
 from service_manager.domain.components import ComponentKey, PublishedComponent
 
 log = logging.getLogger(__name__)
@@ -65,19 +66,7 @@ class PostgresComponentStore:
     async def _run(self, work: Callable[[Connection], Awaitable[T]]) -> T:
         """Run one read; a connection a restart broke is replaced and the read tried once
         more."""
-        for attempt in (1, 2):
-            try:
-                async with self._pool.connection() as conn:
-                    return await work(conn)
-            except psycopg.OperationalError as error:
-                if attempt == 1:
-                    log.info("service database connection lost (%s); trying again", error)
-                    await self._pool.check()
-                    continue
-                raise Unavailable(_UNREACHABLE) from error
-            except PoolTimeout as error:
-                raise Unavailable(_UNREACHABLE) from error
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await run_on_pool(self._pool, work, _UNREACHABLE)
 
     async def _rows(self, sql: str, params: tuple[Any, ...]) -> list[dict[str, Any]]:
         async def work(conn: Connection) -> list[dict[str, Any]]:

@@ -15,11 +15,11 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool
 
 from meterline.kernel.db import libpq_dsn
-from meterline.kernel.errors import Unavailable
 from meterline.kernel.media import ServiceType
+from meterline.kernel.pg_pool import run_on_pool
 from service_manager.app.ports import Fence, Ownership, UsageWrite
 from service_manager.domain.notices import GatewayNotice
 from service_manager.domain.records import ServiceRecord
@@ -142,24 +142,9 @@ class PostgresSessionStore:
         """Run work on a pooled connection. A connection a restart broke is thrown away
         and the work tried once more on a checked one (every piece of work here is one
         transaction, so a failed one left nothing)."""
-        pool = pool or self._pool
-        for attempt in (1, 2):
-            try:
-                async with pool.connection() as conn:
-                    return await work(conn)
-            except psycopg.OperationalError as error:
-                if attempt == 1:
-                    log.info("service database connection lost (%s); trying again", error)
-                    await pool.check()
-                    continue
-                raise Unavailable(
-                    "The service database cannot be reached; try again shortly."
-                ) from error
-            except PoolTimeout as error:
-                raise Unavailable(
-                    "The service database cannot be reached; try again shortly."
-                ) from error
-        raise AssertionError("unreachable")  # pragma: no cover
+        return await run_on_pool(
+            pool or self._pool, work, "The service database cannot be reached; try again shortly."
+        )
 
     async def _one(self, sql: str, params: Sequence[Any] | dict[str, Any]) -> dict[str, Any] | None:
         async def work(conn: Connection) -> dict[str, Any] | None:

@@ -53,8 +53,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import grpc
 import psutil
 import psycopg
-from bench.common import Failures, ms, percentile
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from bench.common import Failures, ms, percentile, serve_until_stopped
 from tests.support.stack import TOKEN_SECRET, metadata, operator_token
 from tests.support.stores import test_stores
 
@@ -90,17 +89,7 @@ async def serve_echo(port: int) -> None:
             ),
         )
     )
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await server.stop(0.5)
+    await serve_until_stopped(server, port, tls=False)
 
 
 # --- figures -----------------------------------------------------------------------

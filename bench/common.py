@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
+import signal
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 
 import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tests.support.stack import metadata, token_for
 
+from meterline.kernel.config import load_settings
+from meterline.kernel.grpc_server import listen
 from meterline.kernel.principals import Principal, PrincipalKind
+from meterline.kernel.tls import server_credentials
 
 Metadata = tuple[tuple[str, str], ...]
 
@@ -72,3 +78,24 @@ def device_metadata(account_id: str) -> Metadata:
 async def close_channels(channels: Sequence[grpc.aio.Channel]) -> None:
     for channel in channels:
         await channel.close(None)
+
+
+async def serve_until_stopped(server: grpc.aio.Server, port: int, *, tls: bool = True) -> None:
+    """Serve a bench's echo `server` (its handlers added) on 127.0.0.1:`port` until SIGTERM
+    or SIGINT: health SERVING, and TLS as the services have it (the same settings and
+    kernel helpers), so that the comparison with them is fair."""
+    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    address = f"127.0.0.1:{port}"
+    if tls:
+        listen(server, address, server_credentials(load_settings().tls))
+    else:
+        server.add_insecure_port(address)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await server.stop(0.5)

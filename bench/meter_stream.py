@@ -31,6 +31,10 @@ Targets: Meter updates/s at least 0.6 of the echo at every stream count; the rat
 and paced). A missed target or a failed stream is reported, not raised: this is a
 benchmark, not a test. Every measurement stops at --phase-seconds, and the whole run at
 --time-limit.
+
+With --profile-seconds N, py-spy (from the virtualenv) records the service manager for N
+seconds under 200 lock-step streams, after the closed loops, into service-profile.raw in
+the log directory, and the run prints where its samples fell.
 """
 
 from __future__ import annotations
@@ -40,7 +44,6 @@ import asyncio
 import contextlib
 import math
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -54,6 +57,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc
 import psutil
+from bench.billing import summarise_profile
 from bench.common import (
     Failures,
     Metadata,
@@ -62,19 +66,18 @@ from bench.common import (
     device_metadata,
     ms,
     percentile,
+    serve_until_stopped,
     verdict,
 )
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tests.support import tls
 from tests.support.clients import ensure_tariff, new_account, stubs
 from tests.support.stack import environment, wait_for
 from tests.support.stores import StoreUrls, test_stores
 
 from meterline.kernel import runtime
-from meterline.kernel.config import Endpoints, load_settings
-from meterline.kernel.grpc_server import CHANNEL_OPTIONS, SERVER_OPTIONS, listen
+from meterline.kernel.config import Endpoints
+from meterline.kernel.grpc_server import CHANNEL_OPTIONS, SERVER_OPTIONS
 from meterline.kernel.processes import free_port, spawn_service, stop_processes
-from meterline.kernel.tls import server_credentials
 from meterline.rating.v1 import types_pb2
 from meterline.service.v1 import service_pb2, service_pb2_grpc
 
@@ -115,19 +118,7 @@ async def serve_echo(port: int) -> None:
             ),
         )
     )
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    # TLS as the services have it (the same settings and kernel helpers), so the
-    # comparison is fair.
-    listen(server, f"127.0.0.1:{port}", server_credentials(load_settings().tls))
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await server.stop(0.5)
+    await serve_until_stopped(server, port)
 
 
 # --- figures -----------------------------------------------------------------------
@@ -550,6 +541,56 @@ def ratio(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
+# --- the profile -------------------------------------------------------------------
+
+
+async def profile(stack: Stack, sessions: Sequence[Session], args: argparse.Namespace) -> None:
+    """py-spy on the service manager while every stream of `sessions` meters lock-step."""
+    py_spy = Path(sys.executable).with_name("py-spy")
+    if not py_spy.exists():
+        print(f"\nno py-spy beside {sys.executable}; no profile")
+        return
+    raw = stack.logs / "service-profile.raw"
+    seconds = args.profile_seconds
+    channels = open_channels(stack.endpoints.service, len(sessions), args.streams_per_channel)
+    try:
+        meter_stubs = [service_pb2_grpc.ServiceManagerStub(channel) for channel in channels]
+        streams = [
+            MeterStream(meter_stubs[i // args.streams_per_channel], session, 2 * seconds + 60)
+            for i, session in enumerate(sessions)
+        ]
+        result = Result(streams=len(streams), planned=0)
+        ready = await warm_up(streams, result, args.phase_seconds)
+        recorder = await asyncio.create_subprocess_exec(
+            str(py_spy),
+            "record",
+            "-p",
+            str(stack.processes["service"].pid),
+            "-d",
+            f"{seconds:g}",
+            "-f",
+            "raw",
+            "-o",
+            str(raw),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        # Every stream until the recording ends (one second more, so that it covers only
+        # the loop): updates without a count.
+        measured = await closed_loop(ready, 10**9, seconds + 1, CpuClock(stack.psutil("service")))
+        _, errors = await recorder.communicate()
+    finally:
+        await close_channels(channels)
+    print(f"\nprofile: {seconds:g} s of py-spy on the service manager, {len(ready)} streams")
+    measured.planned, measured.cut_short = measured.done, 0
+    print_result("Meter", measured, "updates")
+    if recorder.returncode != 0:
+        print(f"  py-spy failed: {errors.decode(errors='replace').strip()[-500:]}")
+        return
+    print(f"  raw stacks: {raw}" + ("" if args.log_dir else " (removed at the end of the run)"))
+    summarise_profile(raw)
+
+
 # --- the run -----------------------------------------------------------------------
 
 
@@ -710,7 +751,14 @@ async def two_instances(
 async def measure(stack: Stack, args: argparse.Namespace) -> None:
     counts: list[int] = args.streams
     per_stream = [max(1, round(updates * args.scale)) for updates in args.updates]
-    needed = max([*counts, args.paced_streams if args.paced else 0, args.instance_streams // 2])
+    needed = max(
+        [
+            *counts,
+            args.paced_streams if args.paced else 0,
+            args.instance_streams // 2,
+            P99_STREAMS if args.profile_seconds > 0 else 0,
+        ]
+    )
     began = time.perf_counter()
     api = stubs(stack.endpoints)
     try:
@@ -756,6 +804,9 @@ async def measure(stack: Stack, args: argparse.Namespace) -> None:
             f"streams / {meter.rate:,.0f} updates/s = {ms(mean)} ms mean round trip)"
         )
         print_cpu(meter, echo)
+
+    if args.profile_seconds > 0:
+        await profile(stack, sessions[:P99_STREAMS], args)
 
     paced_results: tuple[Result, Result] | None = None
     if args.paced:
@@ -834,6 +885,12 @@ def main() -> None:
     )
     parser.add_argument("--time-limit", type=float, default=900.0, help="of the whole run, s")
     parser.add_argument("--log-dir", type=Path, help="keep the services' logs here")
+    parser.add_argument(
+        "--profile-seconds",
+        type=float,
+        default=0.0,
+        help="record a py-spy profile of the service manager this long",
+    )
     parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.echo_server is not None:

@@ -40,17 +40,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc
 import psutil
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from bench.common import serve_until_stopped
 from tests.support import tls
 from tests.support.stack import TOKEN_SECRET, metadata, operator_token, token_for, wait_for
 from tests.support.stores import test_stores
 
 from meterline.kernel import runtime
-from meterline.kernel.config import load_settings
-from meterline.kernel.grpc_server import CHANNEL_OPTIONS, SERVER_OPTIONS, listen
+from meterline.kernel.grpc_server import CHANNEL_OPTIONS, SERVER_OPTIONS
 from meterline.kernel.principals import Principal, PrincipalKind
 from meterline.kernel.processes import free_port, spawn_service, stop_processes
-from meterline.kernel.tls import server_credentials
 from meterline.rating.v1 import rating_pb2, rating_pb2_grpc, types_pb2
 
 ECHO_SERVICE = "bench.Echo"
@@ -85,19 +83,7 @@ async def serve_echo(port: int) -> None:
             ),
         )
     )
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    # TLS as the services have it (the same settings and kernel helpers), so the
-    # comparison is fair.
-    listen(server, f"127.0.0.1:{port}", server_credentials(load_settings().tls))
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await server.stop(0.5)
+    await serve_until_stopped(server, port)
 
 
 # --- the plan and the usage -------------------------------------------------------

@@ -40,7 +40,6 @@ import asyncio
 import contextlib
 import math
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -61,19 +60,18 @@ from bench.common import (
     device_metadata,
     ms,
     percentile,
+    serve_until_stopped,
     verdict,
 )
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from tests.support import tls
 from tests.support.clients import ensure_tariff, new_account, stubs
 from tests.support.stack import environment, wait_for
 from tests.support.stores import StoreUrls, test_stores
 
 from meterline.kernel import runtime
-from meterline.kernel.config import Endpoints, load_settings
-from meterline.kernel.grpc_server import CHANNEL_OPTIONS, SERVER_OPTIONS, listen
+from meterline.kernel.config import Endpoints
+from meterline.kernel.grpc_server import CHANNEL_OPTIONS, SERVER_OPTIONS
 from meterline.kernel.processes import free_port, spawn_service, stop_processes
-from meterline.kernel.tls import server_credentials
 from meterline.rating.v1 import types_pb2
 from meterline.service.v1 import service_pb2, service_pb2_grpc
 
@@ -112,19 +110,7 @@ async def serve_echo(port: int) -> None:
             ),
         )
     )
-    health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
-    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
-    # TLS as the services have it (the same settings and kernel helpers), so the
-    # comparison is fair.
-    listen(server, f"127.0.0.1:{port}", server_credentials(load_settings().tls))
-    await server.start()
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    await stop.wait()
-    await server.stop(0.5)
+    await serve_until_stopped(server, port)
 
 
 # --- figures -----------------------------------------------------------------------

@@ -33,6 +33,17 @@ def test_every_setting_is_documented() -> None:
     assert not missing, f"document these in docs/configuration.md: {missing}"
 
 
+def test_every_documented_setting_is_read_by_the_code() -> None:
+    """A variable the docs tell a user to set is one some code reads under that name (the
+    tests' own settings are read by the tests)."""
+    code = "".join(path.read_text() for path in (ROOT / "src").rglob("*.py"))
+    tests = "".join(path.read_text() for path in (ROOT / "tests").rglob("*.py"))
+    for document in DOCUMENTS:
+        for name in sorted(set(re.findall(r"METERLINE_[A-Z_]*[A-Z]", document.read_text()))):
+            source = tests if name.startswith(("METERLINE_TEST_", "METERLINE_CHROMIUM")) else code
+            assert name in source, f"{document.relative_to(ROOT)} names {name}, read by no code"
+
+
 DOCUMENTS = sorted(
     [ROOT / "README.md", ROOT / "compose" / "README.md", *(ROOT / "docs").glob("*.md")]
 )

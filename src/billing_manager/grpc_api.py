@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Any
 
 import grpc
 
 from billing_manager.authentication import Authentication
+from billing_manager.domain.invoices import Invoice, UsageSummary
 from billing_manager.domain.ledger import (
     AccountStatus,
     AccountView,
     Hold,
-    Invoice,
     Transaction,
     TransactionKind,
 )
@@ -72,7 +73,8 @@ def transaction_to_wire(transaction: Transaction) -> billing_pb2.Transaction:
 
 
 def invoice_to_wire(invoice: Invoice) -> billing_pb2.Invoice:
-    return billing_pb2.Invoice(
+    content = invoice.content
+    wire = billing_pb2.Invoice(
         invoice_id=invoice.invoice_id,
         account_id=invoice.account_id,
         period_start=timestamp(invoice.period_start),
@@ -80,6 +82,13 @@ def invoice_to_wire(invoice: Invoice) -> billing_pb2.Invoice:
         total_micros=invoice.total_micros,
         currency=invoice.currency,
         create_time=timestamp(invoice.created_at),
+        number=invoice.number,
+        account_name=invoice.account_name,
+        opening_balance_micros=content.opening_balance_micros,
+        funded_micros=content.funded_micros,
+        adjusted_micros=content.adjusted_micros,
+        refunded_micros=content.refunded_micros,
+        closing_balance_micros=content.closing_balance_micros,
         lines=[
             billing_pb2.InvoiceLine(
                 reference=line.reference,
@@ -87,9 +96,68 @@ def invoice_to_wire(invoice: Invoice) -> billing_pb2.Invoice:
                 capture_time=timestamp(line.captured_at),
                 transaction_id=line.transaction_id,
             )
-            for line in invoice.lines
+            for line in content.lines
+        ],
+        movements=[
+            billing_pb2.InvoiceMovement(
+                kind=billing_pb2.TransactionKind.Value(f"TRANSACTION_KIND_{movement.kind.value}"),
+                amount_micros=movement.amount_micros,
+                create_time=timestamp(movement.created_at),
+                description=movement.description,
+                transaction_id=movement.transaction_id,
+            )
+            for movement in content.movements
         ],
     )
+    for charge in content.charges:
+        line = wire.charges.add(
+            service_type=charge.service_type,
+            application_id=charge.application_id,
+            units=charge.units,
+            unit=charge.unit,
+            amount_micros=charge.amount_micros,
+        )
+        for session in charge.sessions:
+            shown = line.sessions.add(
+                session_id=session.session_id,
+                start_time=timestamp(session.start_time),
+                endpoint=session.endpoint,
+                units=session.units,
+                amount_micros=session.amount_micros,
+            )
+            shown.duration.FromTimedelta(session.duration)
+    return wire
+
+
+def usage_from_wire(usage: billing_pb2.UsageSummary) -> UsageSummary:
+    """A Capture's usage summary; its times are both needed."""
+    if not usage.HasField("start_time") or not usage.HasField("end_time"):
+        raise InvalidArgument("usage.start_time and usage.end_time are both needed.")
+    return UsageSummary(
+        session_id=usage.session_id,
+        service_type=usage.service_type,
+        endpoint=usage.endpoint,
+        application_id=usage.application_id,
+        units=usage.units,
+        unit=usage.unit,
+        start_time=from_timestamp(usage.start_time, "usage.start_time"),
+        end_time=from_timestamp(usage.end_time, "usage.end_time"),
+        charged_micros=usage.charged_micros,
+    )
+
+
+def _invoice_page(page_size: int, page_token: str) -> tuple[int, tuple[datetime, str] | None]:
+    """ListInvoices' page: at most 500 bills, after the token's (created_at, invoice_id)."""
+    if page_size < 0:
+        raise InvalidArgument("page_size cannot be negative.")
+    limit = min(page_size or 50, 500)
+    if not page_token:
+        return limit, None
+    created, _, invoice_id = page_token.partition("|")
+    try:
+        return limit, (datetime.fromisoformat(created), invoice_id)
+    except ValueError as exc:
+        raise InvalidArgument("page_token is not one this service gave out.") from exc
 
 
 _STATUSES = {
@@ -113,12 +181,18 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
     database_label = "account database"  # in UNAVAILABLE messages
 
     def __init__(
-        self, ledger: Ledger, auth: Authenticator, funded: Callable[[str], None] | None = None
+        self,
+        ledger: Ledger,
+        auth: Authenticator,
+        funded: Callable[[str], None] | None = None,
+        status_changed: Callable[[str, str], None] | None = None,
     ) -> None:
         self._ledger = ledger
         self._auth = auth
         # Told each account funded, once the top-up committed (kernel/account_events.py).
         self._funded = funded
+        # Told each account suspended or closed, once committed: its sessions are ended.
+        self._status_changed = status_changed
 
     @unary
     async def CreateAccount(
@@ -215,7 +289,11 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         status = _STATUSES.get(request.status)
         if status is None:
             raise InvalidArgument("status must be ACTIVE, SUSPENDED or CLOSED.")
-        return account_to_wire(await self._ledger.set_account_status(request.account_id, status))
+        view = await self._ledger.set_account_status(request.account_id, status)
+        if self._status_changed is not None and status is not AccountStatus.ACTIVE:
+            # Also on a repeat: a service manager that missed the first event hears it.
+            self._status_changed(request.account_id, status.value)
+        return account_to_wire(view)
 
     @unary
     async def RedeemVoucher(
@@ -256,8 +334,27 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
     ) -> billing_pb2.Hold:
         self._auth.principal(context).require_kind(*MOVERS, action="capture holds")
         hold = await self._ledger.capture(
-            request.hold_id, request.amount_micros, request.idempotency_key
+            request.hold_id,
+            request.amount_micros,
+            request.idempotency_key,
+            usage_from_wire(request.usage) if request.HasField("usage") else None,
         )
+        return hold_to_wire(hold)
+
+    @unary
+    async def GetHold(
+        self, request: billing_pb2.GetHoldRequest, context: Context
+    ) -> billing_pb2.Hold:
+        principal = self._auth.principal(context)
+        principal.require_kind(*MOVERS, PrincipalKind.DEVICE, action="read holds")
+        hold = await self._ledger.get_hold(request.hold_id)
+        try:
+            principal.require_account(hold.account_id)
+        except PermissionDenied:
+            # Another account's hold looks like no hold: ids must not be probeable.
+            raise NotFound(
+                f"There is no hold {request.hold_id!r}.", reason="HOLD_NOT_FOUND"
+            ) from None
         return hold_to_wire(hold)
 
     @unary
@@ -320,7 +417,7 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         self._auth.principal(context).require_kind(*MOVERS, action="generate bills")
         if not request.HasField("period_start") or not request.HasField("period_end"):
             raise InvalidArgument("period_start and period_end are both needed.")
-        invoice = await self._ledger.generate_invoice(
+        invoice = await self._ledger.invoices.generate(
             request.account_id,
             from_timestamp(request.period_start, "period_start"),
             from_timestamp(request.period_end, "period_end"),
@@ -333,7 +430,7 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         self, request: billing_pb2.GetInvoiceRequest, context: Context
     ) -> billing_pb2.Invoice:
         principal = self._auth.principal(context)
-        invoice = await self._ledger.get_invoice(request.invoice_id)
+        invoice = await self._ledger.invoices.get(request.invoice_id)
         try:
             principal.require_account(invoice.account_id)
         except PermissionDenied:
@@ -342,6 +439,27 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
                 f"There is no invoice {request.invoice_id!r}.", reason="INVOICE_NOT_FOUND"
             ) from None
         return invoice_to_wire(invoice)
+
+    @unary
+    async def ListInvoices(
+        self, request: billing_pb2.ListInvoicesRequest, context: Context
+    ) -> billing_pb2.ListInvoicesResponse:
+        try:
+            self._auth.principal(context).require_account(request.account_id)
+        except PermissionDenied:
+            # Another account looks like no account: a device cannot probe for ids.
+            raise NotFound(
+                f"There is no account {request.account_id!r}.", reason="ACCOUNT_NOT_FOUND"
+            ) from None
+        limit, before = _invoice_page(request.page_size, request.page_token)
+        found = await self._ledger.invoices.page(request.account_id, before, limit + 1)
+        response = billing_pb2.ListInvoicesResponse(
+            invoices=[invoice_to_wire(invoice) for invoice in found[:limit]]
+        )
+        if len(found) > limit:
+            last = found[limit - 1]
+            response.next_page_token = f"{last.created_at.isoformat()}|{last.invoice_id}"
+        return response
 
     @unary
     async def ListAccounts(

@@ -5,7 +5,7 @@ refused. The domain rules make the entries and say why a movement is refused; th
 database applies them to the locked row.
 
 Account creation, ledger listings and bills are cold paths: they stay on SQLAlchemy
-(storage/ledger_store.py, invoice_store.py), each in a transaction of its own."""
+(storage/ledger_store.py; bills in invoicing.py), each in a transaction of its own."""
 
 from __future__ import annotations
 
@@ -18,21 +18,20 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from billing_manager.domain import ledger as rules
 from billing_manager.domain import vouchers as voucher_rules
+from billing_manager.domain.invoices import UsageSummary, validate_usage
 from billing_manager.domain.ledger import (
-    Account,
     AccountStatus,
     AccountView,
     Hold,
     HoldStatus,
-    Invoice,
     LedgerLine,
     Settlement,
     Transaction,
     TransactionKind,
 )
 from billing_manager.domain.vouchers import GuessThrottle, Voucher
+from billing_manager.invoicing import Invoicing
 from billing_manager.storage.account_list import accounts_after
-from billing_manager.storage.invoice_store import InvoiceStore
 from billing_manager.storage.ledger_store import LedgerStore, new_id
 from billing_manager.storage.movement_store import Movement, MovementStore, Outcome
 from meterline.kernel import money
@@ -116,13 +115,8 @@ class Ledger:
         self._clock = clock
         self._hold_ttl_seconds = rules.validate_hold_ttl(hold_ttl_seconds)
         self._store = LedgerStore()
-        self._invoices = InvoiceStore()
-
-    async def _locked_account(self, conn: AsyncConnection, account_id: str) -> Account:
-        account = await self._store.account(conn, account_id, lock=True)
-        if account is None:
-            raise _no_account(account_id)
-        return account
+        self.invoices = Invoicing(engine)
+        """Bills, and the usage summaries of captures."""
 
     async def create_account(
         self, display_name: str, currency: str, credit_limit_micros: int
@@ -221,12 +215,31 @@ class Ledger:
             raise _key_reused(key)
         return movement.hold
 
-    async def capture(self, hold_id: str, amount: int, key: str) -> Hold:
+    async def capture(
+        self, hold_id: str, amount: int, key: str, usage: UsageSummary | None = None
+    ) -> Hold:
+        """Capture `amount` of the hold. With `usage` (what it paid for, for the bill),
+        the summary is kept right after the capture, by a statement of its own; a retry
+        of the same Capture writes it if the first attempt did not."""
         rules.validate_idempotency_key(key)
+        if usage is not None:
+            usage = validate_usage(usage)
         fingerprint = rules.fingerprint(TransactionKind.CAPTURE, hold_id, amount)
-        return await self._settle(
+        hold = await self._settle(
             hold_id, key, fingerprint, lambda hold: rules.capture_settlement(hold, amount)
         )
+        if usage is not None and hold.status is HoldStatus.CAPTURED:
+            await self.invoices.record_usage(hold_id, usage)
+        return hold
+
+    async def get_hold(self, hold_id: str) -> Hold:
+        """A hold as it stands now (its amounts captured and released so far)."""
+        if not hold_id:
+            raise InvalidArgument("hold_id is required: name the hold to read.")
+        hold = await self._movements.hold(hold_id)
+        if hold is None:
+            raise _no_hold(hold_id)
+        return hold
 
     async def release(self, hold_id: str, key: str) -> Hold:
         rules.validate_idempotency_key(key)
@@ -266,11 +279,12 @@ class Ledger:
         settlement_of: Callable[[Hold], Settlement],
     ) -> Hold:
         """Capture or release an open hold. Its amount and account never change, so they
-        are read first, without a lock; the movement then checks the key and that the
-        hold is still open under the account's lock. A request the rules refuse (more
-        than the hold) is refused after those checks, so that a repeat or a closed hold
-        answers first, as they would for any request."""
-        hold = await self._movements.hold(hold_id)
+        are read first (or known from this process's reserve), without a lock; the
+        movement then checks the key and that the hold is still open under the account's
+        lock. A request the rules refuse (more than the hold) is refused after those
+        checks, so that a repeat or a closed hold answers first, as they would for any
+        request."""
+        hold = await self._movements.hold_to_settle(hold_id)
         if hold is None:
             raise _no_hold(hold_id)
         refusal: MeterlineError | None = None
@@ -481,33 +495,3 @@ class Ledger:
             )
 
         return await run_on_connection(self._engine, read)
-
-    async def generate_invoice(
-        self, account_id: str, start: datetime, end: datetime, key: str
-    ) -> Invoice:
-        rules.validate_idempotency_key(key)
-        if end <= start:
-            raise InvalidArgument("period_end must be after period_start.")
-        fingerprint = f"INVOICE|{account_id}|{start.isoformat()}|{end.isoformat()}"
-
-        async def work(conn: AsyncConnection) -> Invoice:
-            account = await self._locked_account(conn, account_id)
-            existing = await self._invoices.by_key(conn, key)
-            if existing is not None:
-                if existing[1] != fingerprint:
-                    raise _key_reused(key)
-                return existing[0]
-            lines = await self._store.captures(conn, account_id, start, end)
-            return await self._invoices.insert(
-                conn, account, start, end, tuple(lines), key, fingerprint
-            )
-
-        return await run_in_transaction(self._engine, work, repeatable=True)
-
-    async def get_invoice(self, invoice_id: str) -> Invoice:
-        invoice = await run_on_connection(
-            self._engine, lambda conn: self._invoices.by_id(conn, invoice_id)
-        )
-        if invoice is None:
-            raise NotFound(f"There is no invoice {invoice_id!r}.", reason="INVOICE_NOT_FOUND")
-        return invoice

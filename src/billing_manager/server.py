@@ -16,6 +16,7 @@ from billing_manager.storage.models import VERSION_TABLE
 from billing_manager.storage.movement_store import MovementStore
 from meterline.auth.v1 import auth_pb2, auth_pb2_grpc
 from meterline.billing.v1 import billing_pb2, billing_pb2_grpc
+from meterline.kernel import metrics
 from meterline.kernel.account_events import FundingPublisher
 from meterline.kernel.config import (
     ConfigError,
@@ -32,8 +33,10 @@ from meterline.kernel.health import follow_store
 from meterline.kernel.logs import configure_logging
 from meterline.kernel.metrics import serve_metrics
 from meterline.kernel.runtime import ServiceHandle, run_until_signalled
+from meterline.kernel.startup import check_database
 from meterline.kernel.tls import server_credentials
 from meterline.kernel.tokens import TokenSigner
+from meterline.kernel.tracing import configure_tracing
 
 log = logging.getLogger(__name__)
 SWEEP_BATCH = 100
@@ -63,10 +66,12 @@ async def sweep_expired_holds(ledger: Ledger, settings: Settings) -> None:
 async def start(settings: Settings, address: str | None = None) -> ServiceHandle:
     credentials = server_credentials(settings.tls)  # refuses before any store is touched
     url = require_url(settings.stores.billing_database_url, "METERLINE_BILLING_DATABASE_URL")
+    await check_database(url, "METERLINE_BILLING_DATABASE_URL", "account database")
     if settings.migrate_on_start:
         await asyncio.to_thread(migrate, url)
     # SQLAlchemy for the cold paths (accounts, bills, credentials and tokens).
     engine = create_engine_for(url, pool_size=5)
+    metrics.track_pool("accounts", engine, metrics.sqlalchemy_usage)
     signer = TokenSigner(token_secret(settings), timedelta(seconds=settings.token_ttl_seconds))
     auth = Authenticator(signer)
     # Money movements and account reads: psycopg, one statement each; the rest SQLAlchemy.
@@ -88,6 +93,7 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
         ledger,
         auth,
         funding.funded if funding is not None else None,
+        funding.status_changed if funding is not None else None,
     )
     authority = AuthServicer(Authentication(engine, signer), auth)
     server = await start_server(
@@ -118,6 +124,7 @@ def main(address: str | None = None) -> None:
         configure_logging(settings.log_level, settings.log_format)
         if settings.metrics_address:
             serve_metrics(settings.metrics_address)
+        configure_tracing(settings.traces, settings.trace_service_name or "meterline-billing")
         return start(settings, address)
 
     run_until_signalled(begin)

@@ -36,6 +36,8 @@ from client_sdk.errors import (
 )
 from client_sdk.session import ServiceSession, UsageSource
 from client_sdk.types import (
+    AccountEvent,
+    ActiveService,
     BandPrice,
     BillingUpdate,
     Rate,
@@ -57,7 +59,9 @@ from client_sdk.updates import (
 )
 
 __all__ = [
+    "AccountEvent",
     "AccountSuspended",
+    "ActiveService",
     "AuthenticationError",
     "AuthenticationFailed",
     "Balance",

@@ -3,9 +3,11 @@ for device code."""
 
 from __future__ import annotations
 
-from datetime import UTC, timedelta
+from datetime import UTC, datetime, timedelta
 
 from client_sdk.types import (
+    AccountEvent,
+    ActiveService,
     BandPrice,
     BillingUpdate,
     Rate,
@@ -98,6 +100,44 @@ def billing_update(
         granted_units=wire.granted_units,
         currency=currency,
         time_left=time_left,
+        final_units=bool(termination and termination.final_unit_indication),
+        ended=bool(termination and termination.ended),
+        termination_reason=termination_reason(termination.reason) if termination else None,
+        message=termination.message if termination else "",
+    )
+
+
+def active_service(wire: service_pb2.ActiveSession) -> ActiveService:
+    return ActiveService(
+        session_id=wire.session_id,
+        service_type=ServiceType(types_pb2.ServiceType.Name(wire.service_type)),
+        endpoint=wire.endpoint,
+        rate=rate(wire.rate),
+        started_at=wire.started_at.ToDatetime(tzinfo=UTC),
+        used_units=wire.used_units,
+        gateway_id=wire.gateway_id,
+    )
+
+
+def account_event(currency: str, wire: service_pb2.AccountEvent) -> AccountEvent:
+    termination = wire.termination if wire.HasField("termination") else None
+    time_left = None
+    if wire.HasField("estimated_time_left"):
+        time_left = timedelta(seconds=wire.estimated_time_left.seconds)
+    return AccountEvent(
+        account_id=wire.account_id,
+        session_id=wire.session_id,
+        available_micros=wire.balance_micros,
+        charged_micros=wire.charged_micros,
+        used_units=wire.used_units,
+        currency=currency,
+        time=(
+            wire.event_time.ToDatetime(tzinfo=UTC)
+            if wire.HasField("event_time")
+            else datetime.now(UTC)
+        ),
+        time_left=time_left,
+        low_balance=wire.low_balance,
         final_units=bool(termination and termination.final_unit_indication),
         ended=bool(termination and termination.ended),
         termination_reason=termination_reason(termination.reason) if termination else None,

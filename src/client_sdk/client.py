@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import uuid
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
@@ -19,8 +19,9 @@ from client_sdk.config import ClientConfig
 from client_sdk.errors import AuthenticationFailed, MeterlineClientError
 from client_sdk.failover import ServerPool
 from client_sdk.session import ServiceSession, UsageSource
-from client_sdk.types import ServiceRecord, ServiceType
+from client_sdk.types import AccountEvent, ActiveService, ServiceRecord, ServiceType
 from client_sdk.updates import ComponentUpdates, UpdateAvailable, UpdateConfig, VerifiedPackage
+from client_sdk.watch import AccountReads, account_events
 from meterline.billing.v1 import billing_pb2, billing_pb2_grpc
 from meterline.service.v1 import service_pb2, service_pb2_grpc
 
@@ -210,6 +211,39 @@ class MeterlineClient:
             balance_micros=funded.balance_micros,
             available_micros=funded.available_micros,
         )
+
+    # -- what a display shows (client_sdk.watch) --------------------------------------------
+
+    async def active_services(self) -> list[ActiveService]:
+        """The account's running services, oldest first (started by this device or
+        another of the account): what each is, its rate, when it started, its usage."""
+        account = self.account_id or await self.login()
+        request = service_pb2.ListActiveSessionsRequest(account_id=account)
+
+        async def call(
+            channel: grpc.aio.Channel, deadline: float
+        ) -> service_pb2.ListActiveSessionsResponse:
+            stub = service_pb2_grpc.ServiceManagerStub(channel)
+            return await stub.ListActiveSessions(
+                request, metadata=await self.tokens.metadata(), timeout=deadline
+            )
+
+        found = await self.service_pool.call(call, refresh_token=self.tokens.invalidate)
+        return [_wire.active_service(session) for session in found.sessions]
+
+    async def watch_account(self) -> AsyncGenerator[AccountEvent, None]:
+        """The account's live events, as they happen, until you stop iterating: one
+        `AccountEvent` per usage update applied to any of its sessions and one when a
+        session ends. The stream reopens itself after a failover (see client_sdk.watch)."""
+        account = self.account_id or await self.login()
+        currency = (await self.balance()).currency
+
+        async def available() -> int:
+            return (await self.balance()).available_micros
+
+        reads = AccountReads(self.active_services, available)
+        async for event in account_events(self.service_pool, self.tokens, account, currency, reads):
+            yield event
 
     # -- component updates (client_sdk.updates) --------------------------------------------
 

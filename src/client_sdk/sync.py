@@ -53,6 +53,8 @@ from client_sdk.errors import (
 )
 from client_sdk.session import UsageSource
 from client_sdk.types import (
+    AccountEvent,
+    ActiveService,
     BandPrice,
     BillingUpdate,
     Rate,
@@ -74,7 +76,9 @@ from client_sdk.updates import (
 )
 
 __all__ = [
+    "AccountEvent",
     "AccountSuspended",
+    "ActiveService",
     "AuthenticationError",
     "AuthenticationFailed",
     "Balance",
@@ -161,8 +165,8 @@ async def _cancel_others() -> None:
     await asyncio.gather(*others, return_exceptions=True)
 
 
-async def _next(updates: AsyncGenerator[BillingUpdate, None]) -> BillingUpdate:
-    return await anext(updates)
+async def _next(items: AsyncGenerator[T, None]) -> T:
+    return await anext(items)
 
 
 async def _make_client(config: ClientConfig) -> _async.MeterlineClient:
@@ -314,6 +318,24 @@ class MeterlineClient:
     def redeem_voucher(self, code: str) -> Balance:
         """Top up with a voucher; see `client_sdk.MeterlineClient.redeem_voucher`."""
         return self._loop.run(self._client.redeem_voucher(code))
+
+    def active_services(self) -> list[ActiveService]:
+        """The account's running services; see `client_sdk.MeterlineClient.active_services`."""
+        return self._loop.run(self._client.active_services())
+
+    def watch_account(self) -> Iterator[AccountEvent]:
+        """The account's live events (blocking); see
+        `client_sdk.MeterlineClient.watch_account`."""
+        events = self._client.watch_account()
+        try:
+            while True:
+                try:
+                    yield self._loop.run(_next(events))
+                except StopAsyncIteration:
+                    return
+        finally:
+            with contextlib.suppress(RuntimeError):  # the client was closed meanwhile
+                self._loop.run(events.aclose())
 
     def check_for_update(self, updates: UpdateConfig | None = None) -> UpdateAvailable | None:
         """A newer published component than `updates.current_version` (default: the

@@ -10,6 +10,8 @@ from datetime import datetime, timedelta
 from client_sdk._money import format_amount
 
 __all__ = [
+    "AccountEvent",
+    "ActiveService",
     "BandPrice",
     "BillingUpdate",
     "Rate",
@@ -232,3 +234,62 @@ class ServiceRecord:
     @property
     def charged(self) -> str:
         return format_amount(self.charged_micros)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountEvent:
+    """A change on the device's account, for displays (`MeterlineClient.watch_account`):
+    one after each usage update the server applies to one of the account's sessions
+    (whichever device or gateway reports it), and one when a session ends."""
+
+    account_id: str
+    session_id: str
+    """The session the change is about."""
+    available_micros: int
+    """What the account has left if its running services ended now."""
+    charged_micros: int
+    """The session's charge so far."""
+    used_units: int
+    """The session's cumulative usage so far."""
+    currency: str
+    time: datetime
+    """When the server sent it (UTC)."""
+    time_left: timedelta | None = None
+    """For time-metered services: how long the balance and grants last at this rate."""
+    low_balance: bool = False
+    """The balance left is below the account's low-balance threshold: warn the user."""
+    final_units: bool = False
+    """The units granted so far are the last the balance pays for."""
+    ended: bool = False
+    """The session has ended; `charged_micros` is its final charge."""
+    termination_reason: TerminationReason | None = None
+    """Why it ended (or, with `final_units`, why it is about to). None on an ended event
+    the watch made itself: the session ended while the watch was reconnecting, and
+    `charged_micros` is the last charge it saw (client_sdk.watch)."""
+    message: str = ""
+    """A sentence for the user when it ended or reached its final units."""
+
+    @property
+    def charged(self) -> str:
+        """The session's charge as a decimal string, e.g. "0.42"."""
+        return format_amount(self.charged_micros)
+
+    @property
+    def available(self) -> str:
+        return format_amount(self.available_micros)
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveService:
+    """A running service of the device's account (`MeterlineClient.active_services`),
+    started by this device or another one of the account."""
+
+    session_id: str
+    service_type: ServiceType
+    endpoint: str
+    rate: Rate
+    started_at: datetime
+    """When it started (UTC); the duration is the time since."""
+    used_units: int
+    """The usage last reported."""
+    gateway_id: str = ""

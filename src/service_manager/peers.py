@@ -14,18 +14,26 @@ import grpc
 from meterline.billing.v1 import billing_pb2, billing_pb2_grpc
 from meterline.kernel import errors
 from meterline.kernel.grpc_errors import error_reason
-from meterline.kernel.grpc_server import bearer, client_channel
+from meterline.kernel.grpc_server import CHANNEL_OPTIONS, bearer, client_channel
 from meterline.kernel.media import ServiceType
+from meterline.kernel.peer_targets import balanced_options, peer_target
 from meterline.kernel.principals import Principal, PrincipalKind
 from meterline.kernel.retry import call_with_retry
 from meterline.kernel.tokens import IssuedToken, TokenSigner
-from meterline.kernel.wire import service_type_to_wire
+from meterline.kernel.wire import service_type_to_wire, timestamp
 from meterline.rating.v1 import rating_pb2, rating_pb2_grpc
 from service_manager.domain.accounts import AccountSnapshot
+from service_manager.domain.holds import HoldState, HoldStatus
+from service_manager.domain.records import UsageSummary
 from service_manager.domain.sessions import SessionRate
 from service_manager.rates import session_rate_from_wire
 
 T = TypeVar("T")
+
+# The names whose health the peers' servers report (kernel/health.py) and that our
+# channels watch.
+BILLING_SERVICE = billing_pb2.DESCRIPTOR.services_by_name["BillingManager"].full_name
+RATING_SERVICE = rating_pb2.DESCRIPTOR.services_by_name["RatingService"].full_name
 
 _ERRORS: dict[grpc.StatusCode, type[errors.MeterlineError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: errors.InvalidArgument,
@@ -59,6 +67,27 @@ def _domain_error(error: grpc.aio.AioRpcError, peer: str) -> Exception:
     return kind(error.details() or f"The {peer} refused the call.", reason=reason)
 
 
+_HOLD_STATUSES = {
+    billing_pb2.HOLD_STATUS_OPEN: HoldStatus.OPEN,
+    billing_pb2.HOLD_STATUS_CAPTURED: HoldStatus.CAPTURED,
+    billing_pb2.HOLD_STATUS_RELEASED: HoldStatus.RELEASED,
+}
+
+
+def usage_to_wire(usage: UsageSummary) -> billing_pb2.UsageSummary:
+    return billing_pb2.UsageSummary(
+        session_id=usage.session_id,
+        service_type=usage.service_type.value,
+        endpoint=usage.endpoint,
+        application_id=usage.application_id,
+        units=usage.units,
+        unit=usage.unit.value,
+        start_time=timestamp(usage.started_at),
+        end_time=timestamp(usage.ended_at),
+        charged_micros=usage.charged_micros,
+    )
+
+
 class ServiceToken:
     """A token for our own calls, minted with the shared key and renewed before expiry."""
 
@@ -81,10 +110,21 @@ class Peers:
         rating_address: str,
         token: ServiceToken,
         credentials: grpc.ChannelCredentials | None,
+        health_checks: str = "auto",
     ) -> None:
-        """`credentials`: from `tls.channel_credentials` (None: plaintext)."""
-        self._billing_channel = client_channel(billing_address, credentials)
-        self._rating_channel = client_channel(rating_address, credentials)
+        """`credentials`: from `tls.channel_credentials` (None: plaintext). Each address may
+        name several instances (`kernel/peer_targets.py`): calls are spread over them, and
+        with `health_checks` (METERLINE_PEER_HEALTH_CHECKS) only over those SERVING."""
+        self._billing_channel = client_channel(
+            peer_target(billing_address, "METERLINE_BILLING_PEERS"),
+            credentials,
+            balanced_options(CHANNEL_OPTIONS, billing_address, BILLING_SERVICE, health_checks),
+        )
+        self._rating_channel = client_channel(
+            peer_target(rating_address, "METERLINE_RATING_PEERS"),
+            credentials,
+            balanced_options(CHANNEL_OPTIONS, rating_address, RATING_SERVICE, health_checks),
+        )
         self._billing = billing_pb2_grpc.BillingManagerStub(self._billing_channel)
         self._rating = rating_pb2_grpc.RatingServiceStub(self._rating_channel)
         self._token = token
@@ -123,9 +163,14 @@ class Peers:
         )
         return str(hold.hold_id)
 
-    async def capture(self, hold_id: str, amount: int, key: str) -> None:
+    async def capture(
+        self, hold_id: str, amount: int, key: str, usage: UsageSummary | None = None
+    ) -> None:
         request = billing_pb2.CaptureRequest(
-            hold_id=hold_id, amount_micros=amount, idempotency_key=key
+            hold_id=hold_id,
+            amount_micros=amount,
+            idempotency_key=key,
+            usage=usage_to_wire(usage) if usage is not None else None,
         )
         await self._call(
             "billing manager",
@@ -137,6 +182,21 @@ class Peers:
         await self._call(
             "billing manager",
             lambda: self._billing.Release(request, metadata=self._token.metadata(), timeout=5),
+        )
+
+    async def hold(self, hold_id: str) -> HoldState:
+        request = billing_pb2.GetHoldRequest(hold_id=hold_id)
+        hold = await self._call(
+            "billing manager",
+            lambda: self._billing.GetHold(request, metadata=self._token.metadata(), timeout=5),
+        )
+        return HoldState(
+            hold_id=hold.hold_id,
+            # A status this side does not know reads as still open: settlement waits.
+            status=_HOLD_STATUSES.get(hold.status, HoldStatus.OPEN),
+            amount_micros=hold.amount_micros,
+            captured_micros=hold.captured_micros,
+            released_micros=hold.released_micros,
         )
 
     async def rate(self, service_type: ServiceType, endpoint: str, account_id: str) -> SessionRate:

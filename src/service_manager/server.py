@@ -26,11 +26,14 @@ from meterline.kernel.grpc_server import Authenticator, start_server
 from meterline.kernel.health import follow_store
 from meterline.kernel.logs import configure_logging
 from meterline.kernel.metrics import serve_metrics
+from meterline.kernel.peer_targets import peer_target
 from meterline.kernel.pg_pool import PooledDatabase
 from meterline.kernel.runtime import ServiceHandle, run_until_signalled
+from meterline.kernel.startup import check_database, check_redis
 from meterline.kernel.tickets import TicketSigner, ticket_key
 from meterline.kernel.tls import channel_credentials, server_credentials
 from meterline.kernel.tokens import TokenSigner
+from meterline.kernel.tracing import configure_tracing
 from meterline.service.v1 import service_pb2, service_pb2_grpc
 from service_manager.app.components import ComponentCatalog
 from service_manager.app.expiry import Expiry
@@ -53,6 +56,7 @@ from service_manager.storage.component_store import PostgresComponentStore
 from service_manager.storage.models import VERSION_TABLE
 from service_manager.storage.notice_log import PostgresNoticeLog
 from service_manager.storage.presence import RedisPresence
+from service_manager.storage.record_queries import ServiceRecordQueries
 from service_manager.storage.registry import PostgresGatewayRegistry, PostgresIdentities
 from service_manager.storage.session_store import PostgresSessionStore
 from service_manager.storage.subscriptions import RedisSubscriptions
@@ -90,6 +94,12 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
     peer_credentials = channel_credentials(settings.tls)
     url = require_url(settings.stores.service_database_url, "METERLINE_SERVICE_DATABASE_URL")
     redis_url = require_url(settings.stores.redis_url, "METERLINE_REDIS_URL")
+    # So is a peer list that cannot be used (Peers below would find it only after the
+    # migrations).
+    peer_target(settings.endpoints.billing_target, "METERLINE_BILLING_PEERS")
+    peer_target(settings.endpoints.rating_target, "METERLINE_RATING_PEERS")
+    await check_database(url, "METERLINE_SERVICE_DATABASE_URL", "service database")
+    await check_redis(redis_url, "METERLINE_REDIS_URL")
     if settings.migrate_on_start:
         await asyncio.to_thread(migrate, url)
     owner_id = f"{socket.gethostname()[:40]}-{secrets.token_hex(4)}"
@@ -107,12 +117,14 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
     notice_log.start()
     tickets = TicketSigner(ticket_key(settings))
     redis = Redis.from_url(redis_url, socket_connect_timeout=3, socket_timeout=5)
+    metrics.track_pool("redis", redis, metrics.redis_usage)
     signer = TokenSigner(token_secret(settings))
     peers = Peers(
-        settings.endpoints.billing,
-        settings.endpoints.rating,
+        settings.endpoints.billing_target,
+        settings.endpoints.rating_target,
         ServiceToken(signer),
         peer_credentials,
+        settings.endpoints.peer_health_checks,
     )
     engine = settings.engine
     validity = timedelta(seconds=settings.quota.validity_seconds)
@@ -183,7 +195,9 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
     )
     expiry = Expiry(store, settlement, presence, validity)
     components = ComponentCatalog(component_store, settings.components.max_bytes)
-    servicer = ServiceManagerServicer(parts, Authenticator(signer), components)
+    servicer = ServiceManagerServicer(
+        parts, Authenticator(signer), components, ServiceRecordQueries(registry_db)
+    )
     server = await start_server(
         address or settings.endpoints.service,
         [lambda server: service_pb2_grpc.add_ServiceManagerServicer_to_server(servicer, server)],
@@ -233,7 +247,9 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
             asyncio.create_task(every(sweep_every, "liveness sweep", expiry.sweep)),
             asyncio.create_task(every(1.0, "presence check", expiry.keep_presence)),
             asyncio.create_task(follow_store(server, [SERVICE_NAME], probe)),
-            asyncio.create_task(subscriptions.follow_funding(metering.on_funded)),
+            asyncio.create_task(
+                subscriptions.follow_funding(metering.on_funded, settlement.account_stopped)
+            ),
             asyncio.create_task(
                 every(PRUNE_NOTICES_EVERY_SECONDS, "notice pruning", prune_notices)
             ),
@@ -253,6 +269,7 @@ def main(address: str | None = None) -> None:
         configure_logging(settings.log_level, settings.log_format)
         if settings.metrics_address:
             serve_metrics(settings.metrics_address)
+        configure_tracing(settings.traces, settings.trace_service_name or "meterline-service")
         return start(settings, address)
 
     run_until_signalled(begin)

@@ -10,13 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from meterline.kernel.config import Endpoints
 from meterline.kernel.dev_certificates import DevCertificates
-from meterline.kernel.processes import free_port
+from meterline.kernel.processes import free_port, port_is_free
 from tests.support.scenario import run_prepaid_voice_scenario
 from tests.support.stack import TOKEN_SECRET, operator_token
 
@@ -37,6 +38,7 @@ def _embedded_env(data_dir: Path) -> dict[str, str]:
         METERLINE_RATING_ADDRESS=f"127.0.0.1:{free_port()}",
         METERLINE_BILLING_ADDRESS=f"127.0.0.1:{free_port()}",
         METERLINE_SERVICE_ADDRESS=f"127.0.0.1:{free_port()}",
+        METERLINE_WEB_ADDRESS=f"127.0.0.1:{free_port()}",
     )
     return env
 
@@ -51,9 +53,27 @@ def _gone(pid: int) -> bool:
     )
 
 
+def _scrape(port: int) -> str:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as page:
+        return str(page.read().decode())
+
+
+def _free_ports(count: int) -> int:
+    """The first of `count` consecutive free loopback ports."""
+    while True:
+        first = free_port()
+        if first + count <= 65536 and all(
+            port_is_free(f"127.0.0.1:{first + n}") for n in range(count)
+        ):
+            return first
+
+
 async def test_scenario_on_the_embedded_default(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     env = _embedded_env(data_dir)
+    # One METERLINE_METRICS_ADDRESS for `up`: each service takes a port of its own.
+    metrics = _free_ports(3)
+    env["METERLINE_METRICS_ADDRESS"] = f"127.0.0.1:{metrics}"
     up = subprocess.Popen(  # noqa: ASYNC220 - it only starts the process
         [*METERLINE_CLI, "up"],
         env=env,
@@ -71,7 +91,8 @@ async def test_scenario_on_the_embedded_default(tmp_path: Path) -> None:
         state = json.loads(state_file.read_text())
         assert state["embedded"] is True
         stores = state["stores"]
-        assert stores["rating_database_url"].startswith("postgresql")
+        # The plain form, which psql takes too (docs/operations.md).
+        assert stores["rating_database_url"].startswith("postgresql://")
         assert ":5432/" not in stores["rating_database_url"]
         assert not stores["redis_url"].endswith(":6379/0")
         # TLS with the certificates `meterline up` made in its data folder.
@@ -88,6 +109,9 @@ async def test_scenario_on_the_embedded_default(tmp_path: Path) -> None:
             ca_file=tls.ca,
         )
         pids = [state["processes"][name] for name in ("postgres", "redis", "rating")]
+        for port in range(metrics, metrics + 3):
+            page = await asyncio.to_thread(_scrape, port)
+            assert 'meterline_rpc_calls_total{code="OK"' in page, port
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(timeout=60)

@@ -57,7 +57,7 @@ def _serving(up: subprocess.Popen[str], data_dir: Path) -> dict[str, int]:
         assert time.monotonic() < deadline, f"meterline up did not serve in {START_WITHIN} s"
         time.sleep(0.2)
     processes: dict[str, int] = json.loads(state_file.read_text())["processes"]
-    assert set(processes) == {"postgres", "redis", "rating", "billing", "service"}
+    assert set(processes) == {"postgres", "redis", "rating", "billing", "service", "web"}
     assert not any(_gone(pid) for pid in processes.values())
     return processes
 

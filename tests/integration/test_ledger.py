@@ -276,7 +276,7 @@ async def test_a_bill_is_the_captured_charges_of_its_period(api: Stubs) -> None:
         )
     start, end = Timestamp(), Timestamp()
     start.FromDatetime(datetime.now(UTC) - timedelta(hours=1))
-    end.FromDatetime(datetime.now(UTC) + timedelta(hours=1))
+    end.FromDatetime(datetime.now(UTC))  # a bill's period has ended
     request = billing_pb2.GenerateInvoiceRequest(
         account_id=account_id,
         period_start=start,

@@ -3,15 +3,23 @@ running stack, as an operator types them."""
 
 from __future__ import annotations
 
+import asyncio
 import csv
+import dataclasses
+import fcntl
 import json
+import os
 import stat
+import sys
 import uuid
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from meterline.billing.v1 import billing_pb2
+from meterline.kernel.db import libpq_dsn
+from meterline.kernel.processes import free_port
 from tests.integration.test_cli import meterline
 from tests.support.clients import OPERATOR, Stubs
 from tests.support.stack import InProcessStack
@@ -48,7 +56,7 @@ async def test_vouchers_made_into_a_csv_and_redeemed(stack: InProcessStack, tmp_
         *("voucher", "create", "--count", "1", "--amount", "1", "--currency", "EUR"),
         *("--out", str(sheet)),
     )
-    assert code == 1 and "exists" in err
+    assert code == 2 and "exists" in err
 
     account_id = await _account(stack)
     code, out, err = await meterline(stack, "voucher", "redeem", account_id, rows[0]["code"])
@@ -142,3 +150,94 @@ async def test_account_adjust_and_refund(stack: InProcessStack, api: Stubs) -> N
         stack, "account", "refund", hold.hold_id, "0.01", "--reason", "again"
     )
     assert code == 1 and "cannot be more" in err
+    code, _, err = await meterline(
+        stack, "account", "refund", hold.hold_id, "-0.10", "--reason", "negative"
+    )
+    assert code == 2 and "must be more than 0" in err, err
+    # `account show` is where the operator finds the HOLD_ID a refund takes.
+    code, out, err = await meterline(stack, "account", "show", account_id)
+    assert code == 0, err
+    assert "hold" in out.splitlines()[4] and hold.hold_id in out
+
+
+async def test_a_csv_that_cannot_be_written_costs_no_batch(
+    stack: InProcessStack, tmp_path: Path
+) -> None:
+    """The file is made before the codes exist: a folder that is not there is bad input
+    (one line, exit 2), and no batch is made whose codes nobody could ever see."""
+    before = await _voucher_count(stack)
+    code, _, err = await meterline(
+        stack,
+        *("voucher", "create", "--count", "2", "--amount", "1", "--currency", "EUR"),
+        *("--out", str(tmp_path / "missing" / "batch.csv")),
+    )
+    assert code == 2, err
+    assert err.startswith("error: --out ") and len(err.strip().splitlines()) == 1, err
+    assert await _voucher_count(stack) == before
+    # A batch that is never made (no billing manager there) leaves no empty file behind.
+    sheet = tmp_path / "unmade.csv"
+    code, _, err = await meterline(
+        stack,
+        *("--billing-address", f"127.0.0.1:{free_port()}", "voucher", "create"),
+        *("--count", "2", "--amount", "1", "--currency", "EUR", "--out", str(sheet)),
+    )
+    assert code == 1, err
+    assert not sheet.exists()
+
+
+async def _voucher_count(stack: InProcessStack) -> int:
+    url = libpq_dsn(stack.settings.stores.billing_database_url)
+    async with await psycopg.AsyncConnection.connect(url) as conn:
+        row = await (await conn.execute("SELECT count(*) FROM vouchers")).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+async def test_ledger_verify_finds_the_running_stacks_database(
+    stack: InProcessStack, tmp_path: Path
+) -> None:
+    """Run where `meterline up` runs, `ledger verify` needs no URL: it reads the stack's
+    databases from its stack.json, as every command finds the stack's CA there."""
+    account_id = await _account(stack)
+    stores = stack.settings.stores
+    (tmp_path / "stack.json").write_text(
+        json.dumps(
+            {
+                "pid": os.getpid(),
+                "endpoints": dataclasses.asdict(stack.endpoints),
+                "stores": dataclasses.asdict(stores),
+                "embedded": False,
+                "tls": {"plaintext": True},
+            }
+        )
+    )
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("METERLINE_")}
+    # Scoped to this test's account: the test stack's ledger is shared with other tests,
+    # some of which break it on purpose.
+    verify = (
+        *(sys.executable, "-m", "meterline.cli.main", "ledger", "verify", "--json"),
+        *("--account", account_id),
+    )
+
+    async def run() -> tuple[int, str, str]:
+        process = await asyncio.create_subprocess_exec(
+            *verify,
+            env={**clean, "METERLINE_DATA_DIR": str(tmp_path)},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(process.communicate(), timeout=120)
+        assert process.returncode is not None
+        return process.returncode, out.decode(), err.decode()
+
+    # No stack holds the folder: its stack.json may be stale, so it is not used.
+    code, _, err = await run()
+    assert code == 2 and "no account database" in err, err
+    with (tmp_path / "stack.lock").open("w") as lock:
+        lock.write(f"{os.getpid()}\n{{}}")
+        lock.flush()
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        code, out, err = await run()
+    assert code == 0, err
+    audit = json.loads(out)
+    assert audit["ok"] is True and audit["accounts"] >= 1

@@ -449,6 +449,21 @@ async def test_active_sessions(store: SessionStore) -> None:
     assert [s.session_id for s in await store.active_sessions()] == [active.session_id]
 
 
+async def test_the_active_sessions_of_one_account_oldest_first(store: SessionStore) -> None:
+    now = datetime.now(UTC)
+    newer = await inserted(store, now)
+    older = await inserted(store, now - timedelta(minutes=1))
+    ended = await inserted(store)
+    assert await store.claim_settlement(ended.session_id, 0, TerminationReason.CLIENT_STOP)
+    other = new_session(account_id="acc_other")
+    assert await store.insert_new(other, None)
+    found = await store.active_of_account("acc_contract")
+    assert [s.session_id for s in found] == [older.session_id, newer.session_id]
+    assert found[0].owner_id == "sm-a" and found[0].last_update_at == older.last_update_at
+    assert [s.session_id for s in await store.active_of_account("acc_other")] == [other.session_id]
+    assert await store.active_of_account("acc_none") == []
+
+
 async def test_a_record_keeps_unbilled_usage_and_both_counts(store: SessionStore) -> None:
     session = await with_first_hold(store)
     sid = session.session_id

@@ -53,9 +53,10 @@ from service_manager.app.start import StartSession
 from service_manager.app.stop import StopSession
 from service_manager.domain.accounts import AccountSnapshot
 from service_manager.domain.gateways import Gateway, GatewayChange, GatewayState
+from service_manager.domain.holds import HoldState, HoldStatus
 from service_manager.domain.identities import AccountIdentity, Identity
 from service_manager.domain.notices import GatewayNotice
-from service_manager.domain.records import ServiceRecord, UsageEvent
+from service_manager.domain.records import ServiceRecord, UsageEvent, UsageSummary
 from service_manager.domain.sessions import Session, SessionRate, SessionStatus, TerminationReason
 
 
@@ -507,6 +508,15 @@ class InMemorySessionStore:
         await self._enter("active_sessions")
         return [replace(row) for row in self._sessions.values() if row.is_active]
 
+    async def active_of_account(self, account_id: str) -> list[Session]:
+        await self._enter("active_of_account")
+        found = [row for row in self._sessions.values() if row.is_active]
+        return [
+            replace(row)
+            for row in sorted(found, key=lambda row: row.started_at)
+            if row.account_id == account_id
+        ]
+
 
 # -- the billing manager ------------------------------------------------------------------
 
@@ -558,6 +568,8 @@ class FakeFunds:
         self.lose_next_reserve_answer: list[MeterlineError] = []
         """Errors the next reserves raise, one each, after the hold is made (the answer
         lost on its way back)."""
+        self.usages: dict[str, UsageSummary | None] = {}
+        """hold id -> the usage summary its capture carried."""
 
     # -- test affordances (not in the port) -----------------------------------------------
 
@@ -656,7 +668,9 @@ class FakeFunds:
             raise FailedPrecondition(f"Hold {hold_id} is already closed.", reason="HOLD_CLOSED")
         return hold
 
-    async def capture(self, hold_id: str, amount: int, key: str) -> None:
+    async def capture(
+        self, hold_id: str, amount: int, key: str, usage: UsageSummary | None = None
+    ) -> None:
         self.calls["capture"] += 1
         await _round_trip()
         hold = self._closing(hold_id, key, f"CAPTURE|{hold_id}|{amount}")
@@ -670,6 +684,7 @@ class FakeFunds:
         account.captured_micros = money.add(account.captured_micros, amount)
         self._keys[key] = (f"CAPTURE|{hold_id}|{amount}", hold_id)
         self.movements.append(("CAPTURE", hold_id, amount))
+        self.usages[hold_id] = usage
 
     async def release(self, hold_id: str, key: str) -> None:
         self.calls["release"] += 1
@@ -680,6 +695,21 @@ class FakeFunds:
         hold.status = "RELEASED"
         self._keys[key] = (f"RELEASE|{hold_id}", hold_id)
         self.movements.append(("RELEASE", hold_id, hold.amount_micros))
+
+    async def hold(self, hold_id: str) -> HoldState:
+        self.calls["hold"] += 1
+        await _round_trip()
+        hold = self.holds.get(hold_id)
+        if hold is None:
+            raise NotFound(f"There is no hold {hold_id!r}.", reason="HOLD_NOT_FOUND")
+        closed = hold.status != "OPEN"
+        return HoldState(
+            hold_id,
+            HoldStatus(hold.status),
+            hold.amount_micros,
+            hold.captured_micros,
+            hold.amount_micros - hold.captured_micros if closed else 0,
+        )
 
 
 # -- the rating service, presence, subscriptions ---------------------------------------------

@@ -109,10 +109,12 @@ class Operator:
                 if not token:
                     return entries
 
-    async def active_sessions(self) -> list[service_pb2.ActiveSession]:
+    async def active_sessions(self, account_id: str) -> list[service_pb2.ActiveSession]:
+        """The account's active sessions (the stack may be shared with other tests)."""
         async with self.channel(self.endpoints.service) as channel:
             response = await service_pb2_grpc.ServiceManagerStub(channel).ListActiveSessions(
-                service_pb2.ListActiveSessionsRequest(), metadata=metadata(self.token)
+                service_pb2.ListActiveSessionsRequest(account_id=account_id),
+                metadata=metadata(self.token),
             )
             return list(response.sessions)
 
@@ -144,7 +146,7 @@ async def run_prepaid_voice_scenario(
         assert session.rate.price_per_unit_micros == 10_000
         assert session.rate.prefix == VOICE_PREFIX
         assert session.granted_units > 0
-        active = await operator.active_sessions()
+        active = await operator.active_sessions(account_id)
         assert [item.session_id for item in active] == [session.session_id]
         assert active[0].account_id == account_id and active[0].endpoint == ENDPOINT
 
@@ -207,7 +209,7 @@ async def run_prepaid_voice_scenario(
             (account_id,),
         ).fetchall()
     assert rows == [(account_id, "VOICE", ENDPOINT, 42, 420_000, "CLIENT_STOP")]
-    assert await operator.active_sessions() == []
+    assert await operator.active_sessions(account_id) == []
     presence = redis.Redis.from_url(redis_url)
     assert not presence.exists(f"{redis_prefix}:presence:session:{record.session_id}")
     assert presence.zscore(f"{redis_prefix}:presence:active", record.session_id) is None

@@ -23,8 +23,6 @@ from billing_manager.domain.ledger import (
     Entry,
     Hold,
     HoldStatus,
-    Invoice,
-    InvoiceLine,
     LedgerAccount,
     TransactionKind,
     balanced,
@@ -143,18 +141,10 @@ def test_balanced_refuses_an_unbalanced_transaction() -> None:
     assert balanced([]) == []
 
 
-def test_balances_and_invoice_totals() -> None:
+def test_balances() -> None:
+    # A bill's totals: tests/unit/test_invoice_rules.py.
     assert Balances(available_micros=700, held_micros=300).balance_micros == 1_000
     assert Balances(available_micros=-200, held_micros=50).balance_micros == -150
-    lines = tuple(
-        InvoiceLine(
-            reference=f"ses_{n}", amount_micros=n * 1_000, captured_at=NOW, transaction_id="t"
-        )
-        for n in (1, 2, 3)
-    )
-    invoice = Invoice("inv_1", "acc_1", NOW, NOW, "EUR", lines, NOW)
-    assert invoice.total_micros == 6_000
-    assert Invoice("inv_2", "acc_1", NOW, NOW, "EUR", (), NOW).total_micros == 0
 
 
 # -- reserving against a credit limit -------------------------------------------------------

@@ -31,7 +31,9 @@ from meterline.service.v1 import service_pb2
 pytestmark = pytest.mark.unit
 
 PUBLIC = {
+    "AccountEvent",
     "AccountSuspended",
+    "ActiveService",
     "AuthenticationError",
     "AuthenticationFailed",
     "Balance",

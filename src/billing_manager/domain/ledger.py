@@ -144,25 +144,12 @@ class LedgerLine:
 
 @dataclass(frozen=True, slots=True)
 class InvoiceLine:
+    """A bill's line: one capture (the bill itself: domain/invoices.py)."""
+
     reference: str
     amount_micros: int
     captured_at: datetime
     transaction_id: str
-
-
-@dataclass(frozen=True, slots=True)
-class Invoice:
-    invoice_id: str
-    account_id: str
-    period_start: datetime
-    period_end: datetime
-    currency: str
-    lines: tuple[InvoiceLine, ...]
-    created_at: datetime
-
-    @property
-    def total_micros(self) -> int:
-        return money.add(*(line.amount_micros for line in self.lines))
 
 
 def fund_entries(amount: int) -> list[Entry]:

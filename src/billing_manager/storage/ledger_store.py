@@ -1,5 +1,5 @@
 """SQL for the account database's cold paths, through SQLAlchemy: opening accounts,
-listing entries, the captures a bill is made of, the account lock a bill takes. Each
+listing entries, the account lock a bill takes (bills: invoice_store.py). Each
 method runs on a connection inside the caller's transaction; the ledger service decides
 where transactions begin and end. Money movements and account reads are in
 movement_store.py."""
@@ -19,12 +19,11 @@ from billing_manager.domain.ledger import (
     AccountStatus,
     AccountView,
     Balances,
-    InvoiceLine,
     LedgerAccount,
     LedgerLine,
     TransactionKind,
 )
-from billing_manager.storage.models import accounts, ledger_entries, ledger_transactions
+from billing_manager.storage.models import accounts, ledger_entries
 
 
 def new_id(prefix: str) -> str:
@@ -104,40 +103,6 @@ class LedgerStore:
                 amount_micros=row.amount_micros,
                 hold_id=row.hold_id or "",
                 created_at=row.created_at,
-            )
-            for row in rows
-        ]
-
-    async def captures(
-        self, conn: AsyncConnection, account_id: str, start: datetime, end: datetime
-    ) -> list[InvoiceLine]:
-        """Captured charges of a period: the REVENUE entries of the account's captures."""
-        rows = await conn.execute(
-            select(
-                ledger_transactions.c.transaction_id,
-                ledger_transactions.c.reference,
-                ledger_transactions.c.created_at,
-                ledger_entries.c.amount_micros,
-            )
-            .join(
-                ledger_entries,
-                ledger_entries.c.transaction_id == ledger_transactions.c.transaction_id,
-            )
-            .where(
-                ledger_transactions.c.account_id == account_id,
-                ledger_transactions.c.kind == TransactionKind.CAPTURE.value,
-                ledger_entries.c.ledger_account == LedgerAccount.REVENUE.value,
-                ledger_transactions.c.created_at >= start,
-                ledger_transactions.c.created_at < end,
-            )
-            .order_by(ledger_transactions.c.created_at, ledger_transactions.c.transaction_id)
-        )
-        return [
-            InvoiceLine(
-                reference=row.reference,
-                amount_micros=row.amount_micros,
-                captured_at=row.created_at,
-                transaction_id=row.transaction_id,
             )
             for row in rows
         ]

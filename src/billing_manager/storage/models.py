@@ -9,6 +9,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -122,6 +123,16 @@ invoices = Table(
     Column("idempotency_key", String(200), nullable=False, unique=True),
     Column("fingerprint", Text, nullable=False),
     _created(),
+    # Migration 0007: the number, the account's name and the balances of the period.
+    Column("number", String(32), nullable=False, unique=True),
+    Column("account_name", String(200), nullable=False, server_default=""),
+    Column("opening_balance_micros", BigInteger, nullable=False, server_default="0"),
+    Column("funded_micros", BigInteger, nullable=False, server_default="0"),
+    Column("adjusted_micros", BigInteger, nullable=False, server_default="0"),
+    Column("refunded_micros", BigInteger, nullable=False, server_default="0"),
+    Column("closing_balance_micros", BigInteger, nullable=False, server_default="0"),
+    Index("invoices_account_period_idx", "account_id", "period_start", "period_end"),
+    Index("invoices_account_created_idx", "account_id", "created_at"),
 )
 
 invoice_lines = Table(
@@ -133,6 +144,78 @@ invoice_lines = Table(
     Column("reference", String(200), nullable=False),
     Column("amount_micros", BigInteger, nullable=False),
     Column("captured_at", DateTime(timezone=True), nullable=False),
+)
+
+# A bill's lines per service type and application, the sessions behind each, and the
+# fundings, adjustments and refunds of its period (migration 0007). Like `invoices` and
+# `invoice_lines`, a trigger refuses UPDATE and DELETE on them.
+invoice_charges = Table(
+    "invoice_charges",
+    metadata,
+    Column("invoice_id", String(64), ForeignKey("invoices.invoice_id"), primary_key=True),
+    Column("charge_number", Integer, primary_key=True),
+    Column("service_type", String(64), nullable=False),
+    Column("application_id", String(256), nullable=False),
+    Column("unit", String(32), nullable=False),
+    Column("units", BigInteger, nullable=False),
+    Column("amount_micros", BigInteger, nullable=False),
+)
+
+invoice_sessions = Table(
+    "invoice_sessions",
+    metadata,
+    Column("invoice_id", String(64), primary_key=True),
+    Column("charge_number", Integer, primary_key=True),
+    Column("session_number", Integer, primary_key=True),
+    Column("session_id", String(200), nullable=False),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("endpoint", String(256), nullable=False),
+    Column("duration_micros", BigInteger, nullable=False),
+    Column("units", BigInteger, nullable=False),
+    Column("amount_micros", BigInteger, nullable=False),
+    ForeignKeyConstraint(
+        ["invoice_id", "charge_number"],
+        ["invoice_charges.invoice_id", "invoice_charges.charge_number"],
+    ),
+)
+
+invoice_movements = Table(
+    "invoice_movements",
+    metadata,
+    Column("invoice_id", String(64), ForeignKey("invoices.invoice_id"), primary_key=True),
+    Column("movement_number", Integer, primary_key=True),
+    Column("kind", String(16), nullable=False),
+    Column("amount_micros", BigInteger, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("description", String(400), nullable=False),
+    Column("transaction_id", String(64), nullable=False),
+)
+
+# The last bill number issued per year (migration 0007): a bill locks its year's row in
+# the transaction that inserts it, so numbers have no gaps.
+invoice_counters = Table(
+    "invoice_counters",
+    metadata,
+    Column("year", Integer, primary_key=True),
+    Column("last_number", BigInteger, nullable=False),
+)
+
+# What a captured hold paid for, from the Capture's UsageSummary (migration 0007).
+capture_usage = Table(
+    "capture_usage",
+    metadata,
+    Column("hold_id", String(64), ForeignKey("holds.hold_id"), primary_key=True),
+    Column("session_id", String(200), nullable=False),
+    Column("service_type", String(64), nullable=False),
+    Column("endpoint", String(256), nullable=False),
+    Column("application_id", String(256), nullable=False),
+    Column("units", BigInteger, nullable=False),
+    Column("unit", String(32), nullable=False),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("end_time", DateTime(timezone=True), nullable=False),
+    Column("charged_micros", BigInteger, nullable=False),
+    _created(),
+    CheckConstraint("units >= 0 AND charged_micros >= 0", name="capture_usage_non_negative"),
 )
 
 # Prepaid vouchers, by a keyed hash of the code (the code is never stored); redeemed by

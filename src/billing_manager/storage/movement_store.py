@@ -8,6 +8,11 @@ writes the transaction, its entries (as the domain rules made them) and the hold
 the statement's own transaction. The running balances on the account row move with the
 entries (a trigger of the same migration), so reading an account never sums its ledger.
 
+A capture or release needs the hold's account and amount first (they never change): the
+store remembers the holds its own reserves opened until they are settled
+(`hold_to_settle`), so a reserve and its capture on one billing manager are two
+statements in all; `ledger_settle` checks the amount and that the hold is still open.
+
 What the database found is handed back as a `Movement`; the ledger service turns a
 refusal into its error. A connection a restart broke is replaced and the statement run
 once more (`PooledDatabase.run`): a keyed movement's repeat returns its first result. Two
@@ -39,6 +44,7 @@ from billing_manager.domain.ledger import (
 )
 from billing_manager.domain.vouchers import Voucher
 from billing_manager.storage.ledger_store import new_id
+from meterline.kernel import metrics
 from meterline.kernel.pg_pool import Connection, PooledDatabase
 
 log = logging.getLogger(__name__)
@@ -73,6 +79,10 @@ _NEW_VOUCHER = (
     "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (code_hash) DO NOTHING"  # a rerun of the batch
 )
 _REDEEM = "SELECT * FROM ledger_redeem_voucher(%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)"
+
+OPEN_HOLDS_REMEMBERED = 50_000
+"""Open holds this process made that a store remembers for their settlement (oldest
+forgotten first); about 300 bytes each."""
 
 
 class Outcome(enum.StrEnum):
@@ -187,6 +197,9 @@ class MovementStore:
 
     def __init__(self, database_url: str, pool_size: int = 10) -> None:
         self._db = PooledDatabase(database_url, "account database", max_size=pool_size)
+        # The holds this process's reserves opened, by id, until they are settled: a
+        # capture or release then needs one statement, not a read of the hold first.
+        self._open_holds: dict[str, Hold] = {}
 
     async def open(self) -> None:
         await self._db.open()
@@ -210,7 +223,10 @@ class MovementStore:
                 log.info("idempotency key race; running again")
                 continue
             assert row is not None, "a movement function always answers one row"
-            return _movement(row)
+            movement = _movement(row)
+            if movement.outcome is Outcome.DONE and movement.transaction is not None:
+                metrics.LEDGER_MOVEMENTS.labels(movement.transaction.kind.value).inc()
+            return movement
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def account(self, account_id: str) -> AccountView | None:
@@ -220,6 +236,21 @@ class MovementStore:
     async def hold(self, hold_id: str) -> Hold | None:
         row = await self._row(_HOLD, (hold_id,))
         return _hold(row, row["account_id"]) if row else None
+
+    async def hold_to_settle(self, hold_id: str) -> Hold | None:
+        """A hold to capture or release: as this process's reserve opened it, else read.
+        Only its account and amount are to be relied on (they never change; `settle`
+        passes the amount, which the database checks): its status may be stale, and the
+        settle movement checks it under the account's lock."""
+        known = self._open_holds.get(hold_id)
+        return known if known is not None else await self.hold(hold_id)
+
+    def _remember(self, hold: Hold | None) -> None:
+        if hold is None or hold.status is not HoldStatus.OPEN:
+            return
+        if len(self._open_holds) >= OPEN_HOLDS_REMEMBERED:
+            del self._open_holds[next(iter(self._open_holds))]
+        self._open_holds[hold.hold_id] = hold
 
     async def fund(
         self, account_id: str, amount: int, key: str, fingerprint: str, entries: Sequence[Entry]
@@ -241,7 +272,7 @@ class MovementStore:
         ttl_seconds: int,
     ) -> Movement:
         ledger_accounts, amounts = _columns(entries)
-        return await self._move(
+        movement = await self._move(
             _RESERVE,
             (
                 account_id,
@@ -256,6 +287,8 @@ class MovementStore:
                 ttl_seconds,
             ),
         )
+        self._remember(movement.hold)
+        return movement
 
     async def adjust(
         self,
@@ -327,7 +360,7 @@ class MovementStore:
                 *_columns(settlement.entries),
             )
         kind, amount, status, captured, released, ledger_accounts, amounts = plan
-        return await self._move(
+        movement = await self._move(
             _SETTLE,
             (
                 hold.hold_id,
@@ -345,6 +378,10 @@ class MovementStore:
                 amounts,
             ),
         )
+        now = movement.hold
+        if now is None or now.hold_id != hold.hold_id or now.status is not HoldStatus.OPEN:
+            self._open_holds.pop(hold.hold_id, None)  # settled (or not there): forgotten
+        return movement
 
     async def voucher(self, voucher_hash: str) -> Voucher | None:
         row = await self._row(_VOUCHER, (voucher_hash,))

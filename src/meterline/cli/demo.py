@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from client_sdk import ClientConfig, MeterlineClient, ServiceRecord, ServiceType, TlsConfig
 from meterline.auth.v1 import auth_pb2
 from meterline.cli.operator import OperatorClient
-from meterline.cli.prices import price_text
+from meterline.cli.prices import price_text, quantity
 from meterline.kernel.config import Endpoints, TlsSettings
 from meterline.kernel.money import format_money
 from meterline.rating.v1 import types_pb2
@@ -78,16 +78,13 @@ async def run_demo(
             ServiceType.VOICE, DEMO_ENDPOINT, usage_source=call_seconds
         )
         rate = session.rate
-        price = price_text(
-            rate.price_per_unit_micros,
-            rate.currency,
-            types_pb2.Unit.Value(rate.unit.value),
-            rate.unit_size,
-        )
-        say(
-            f"calling {DEMO_ENDPOINT} at {price}, billed per {rate.increments} "
-            f"(session {session.session_id})"
-        )
+        unit = types_pb2.Unit.Value(rate.unit.value)
+        price = price_text(rate.price_per_unit_micros, rate.currency, unit, rate.unit_size)
+        # As the price tables write increments: "per 1 s", "first 30 s, then per 6 s".
+        billed = f"per {quantity(unit, rate.increment_units or 1)}"
+        if rate.first_increment != rate.increment_units:
+            billed = f"first {quantity(unit, rate.first_increment)}, then {billed}"
+        say(f"calling {DEMO_ENDPOINT} at {price}, billed {billed} (session {session.session_id})")
         async for update in session.updates():
             updates += 1
             say(

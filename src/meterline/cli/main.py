@@ -41,8 +41,10 @@ from rich.table import Table
 
 from meterline.auth.v1 import auth_pb2
 from meterline.cli import gateways as gateway_commands
+from meterline.cli import invoices as invoice_commands
 from meterline.cli import money as money_commands
 from meterline.cli import prices
+from meterline.cli import watch as watch_commands
 from meterline.cli.operator import OperatorClient
 from meterline.kernel.config import (
     ConfigError,
@@ -284,7 +286,7 @@ def _amount(text: str, what: str = "the amount") -> int:
     except AmountError as error:
         _fail(str(error), code=BAD_INPUT)
     if micros < 0:
-        _fail(f"{what} {text.strip()} is negative; give an amount of 0 or more", code=BAD_INPUT)
+        _fail(f"{what} {text.strip()} is negative; give it without a minus sign", code=BAD_INPUT)
     return micros
 
 
@@ -326,6 +328,10 @@ def _run(work: Callable[[OperatorClient], Awaitable[T]]) -> T:
             problem = handshake_problem(details, tls)
             if problem:
                 _fail(f"cannot connect to the service: {problem}")
+            trailing: Any = error.trailing_metadata() or ()  # the stubs type it loosely
+            if "grpc-status-details-bin" in trailing:
+                # Reached, and it said why it cannot serve now (its database is down, say).
+                _fail(f"the service is unavailable: {details}")
             _fail(
                 f"cannot reach the service ({details}); is the stack running "
                 "(`meterline up`, `meterline status`) and are the addresses right?"
@@ -371,6 +377,55 @@ def serve(
         serve_main(address)
     except ConfigError as error:
         _fail(str(error), code=BAD_INPUT)
+
+
+@app.command()
+def web(
+    address: Annotated[
+        str | None,
+        typer.Option("--address", help="host:port to listen on (else METERLINE_WEB_ADDRESS)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Serve the end users' web page (docs/web.md) in the foreground, over HTTPS with the
+    services' certificate (METERLINE_TLS_*, else the development set of `meterline up`).
+    With --json, one JSON object on stdout once the page answers (its URL, address and
+    pid), and a failure to start as one JSON line on stderr."""
+    from meterline.web.server import PageDidNotStart, Serving
+    from meterline.web.server import main as web_main
+
+    settings = _settings()
+    if address:
+        settings = dataclasses.replace(
+            settings, web=dataclasses.replace(settings.web, address=address)
+        )
+
+    def say_json(serving: Serving) -> None:
+        import os
+
+        _emit(
+            True,
+            {
+                "status": "serving",
+                "pid": os.getpid(),
+                "web_url": serving.web_url,
+                "address": serving.address,
+                "ca_file": str(serving.ca_file) if serving.ca_file else None,
+            },
+            "",
+        )
+
+    try:
+        if as_json:
+            web_main(settings, ready=say_json)
+        else:
+            web_main(settings)
+    except ConfigError as error:
+        _fail(str(error), code=BAD_INPUT)
+    except PageDidNotStart as error:
+        _fail(str(error))
+    except KeyboardInterrupt:
+        pass
 
 
 class _UpProgress:
@@ -486,6 +541,8 @@ def _say_stack(say: Callable[[str], None], running: RunningStack) -> None:
     say(f"stack up ({kind} stores, {security}; logs in {running.log_dir}):")
     for role in ("rating", "billing", "service"):
         say(f"  {role:8s} {getattr(running.endpoints, role)}")
+    if running.web_url:
+        say(f"  {'web':8s} {running.web_url}")
     if tls.ca_file:
         say(f"clients trust the CA in {tls.ca_file}")
 
@@ -500,6 +557,7 @@ def _stack_json(data_dir: Path, running: RunningStack) -> dict[str, Any]:
         "endpoints": dataclasses.asdict(running.endpoints),
         "embedded": running.embedded,
         "processes": running.processes,
+        "web_url": running.web_url,
         "ca_file": str(running.client_tls.ca_file) if running.client_tls.ca_file else None,
     }
 
@@ -563,6 +621,7 @@ def status(as_json: JsonOption = False) -> None:
                 "endpoints": dataclasses.asdict(state.endpoints),
                 "health": health,
                 "processes": state.processes,
+                "web_url": state.web_url,
             },
             "",
         )
@@ -574,6 +633,8 @@ def status(as_json: JsonOption = False) -> None:
     )
     for role in ("rating", "billing", "service"):
         typer.echo(f"  {role:8s} {getattr(state.endpoints, role):22s} {health[role]}")
+    if state.web_url:
+        typer.echo(f"  {'web':8s} {state.web_url}")
 
 
 def _health(endpoints: Any, tls: TlsSettings) -> dict[str, str]:
@@ -778,7 +839,8 @@ def account_show(
             ]
         )
     )
-    table = _table("entry", "time (UTC)", "kind", "ledger account", "amount")
+    # The hold column is where an operator finds the HOLD_ID `account refund` takes.
+    table = _table("entry", "time (UTC)", "kind", "ledger account", "amount", "hold")
     for entry in entries:
         table.add_row(
             str(entry.entry_id),
@@ -786,6 +848,7 @@ def account_show(
             billing_pb2.TransactionKind.Name(entry.kind).removeprefix("TRANSACTION_KIND_"),
             billing_pb2.LedgerAccount.Name(entry.ledger_account).removeprefix("LEDGER_ACCOUNT_"),
             money(entry.amount_micros),
+            entry.hold_id,
         )
     _print_table(table, "no ledger entries")
 
@@ -855,9 +918,21 @@ def credential_issue(
         typer.Option("--gateway", help="A gateway credential for this registered gateway."),
     ] = None,
     operator: Annotated[bool, typer.Option("--operator", help="An operator credential.")] = False,
+    portal: Annotated[
+        bool,
+        typer.Option(
+            "--portal",
+            help="With --account: the end user's sign-in for the web page (a user name and "
+            "a one-time password).",
+        ),
+    ] = False,
     as_json: JsonOption = False,
 ) -> None:
-    """Create a credential; prints client_id and client_secret (shown only now)."""
+    """Create a credential; prints client_id and client_secret (shown only now). With
+    --account ID --portal: the same device credential, printed as the user name and
+    password the account's end user signs in to the web page with."""
+    if portal and not account:
+        _fail("--portal goes with --account ACCOUNT_ID: a sign-in is for one account", BAD_INPUT)
     chosen = [
         flag
         for flag, given in (
@@ -892,6 +967,20 @@ def credential_issue(
         return await client.create_credential(auth_pb2.PRINCIPAL_KIND_OPERATOR)
 
     created = _run(work)
+    if portal:
+        web_address = _settings().web.address
+        _emit(
+            as_json,
+            {
+                "user": created.client_id,
+                "password": created.client_secret,
+                "account_id": created.account_id,
+                "sign_in_url": f"https://{web_address}/sign-in",
+            },
+            f"user      {created.client_id}\npassword  {created.client_secret}\n"
+            f"sign in at https://{web_address}/sign-in (the password is shown only now)",
+        )
+        return
     _emit(
         as_json,
         _dict(created),
@@ -1135,11 +1224,14 @@ def sessions_stop(
         )
         return
     reason = service_pb2.TerminationReason.Name(record.termination_reason)
+    price = prices.columns(record.rate)
+    # A banded rate is charged at its band's price: name the bands, not the base alone.
+    bands = f" ({price.bands})" if price.bands else ""
     typer.echo(
         f"{record.session_id}: {types_pb2.ServiceType.Name(record.service_type)} to "
         f"{record.endpoint}, {prices.quantity(record.rate.unit, record.used_units)}, charged "
         f"{format_money(record.charged_micros, record.rate.currency)} at "
-        f"{prices.columns(record.rate).price}; ended by "
+        f"{price.price}{bands}; ended by "
         f"{reason.removeprefix('TERMINATION_REASON_')}"
     )
 
@@ -1247,6 +1339,8 @@ gateway_commands.register(
 money_commands.register(
     app, account_app, gateway_commands.Cli(_run, _emit, _fail, _table, _print_table)
 )
+invoice_commands.register(app, gateway_commands.Cli(_run, _emit, _fail, _table, _print_table))
+watch_commands.register(app, watch_commands.Tools(_settings, _client_tls, _fail))
 
 if __name__ == "__main__":  # pragma: no cover
     run()

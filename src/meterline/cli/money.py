@@ -52,10 +52,11 @@ def register(app: typer.Typer, account_app: typer.Typer, cli: Cli) -> None:
     ):
         account_app.command(name, help=summary)(_status_command(status))
     account_app.command("adjust", context_settings=_SIGNED)(account_adjust)
-    account_app.command("refund")(account_refund)
+    account_app.command("refund", context_settings=_SIGNED)(account_refund)
 
 
-# A signed amount is an argument, not an unknown option: `adjust ID -5.00`.
+# A signed amount is an argument, not an unknown option: `adjust ID -5.00` (and a
+# negative refund is refused with a sentence, not click's "No such option").
 _SIGNED = {"ignore_unknown_options": True}
 ReasonOption = Annotated[
     str, typer.Option("--reason", help="Why, for the customer and the auditor (kept).")
@@ -209,16 +210,32 @@ def voucher_create(
         if expires_at <= datetime.now(UTC):
             cli.fail(f"--expires {expires} is in the past", code=BAD_INPUT)
         request.expire_time.CopyFrom(timestamp(expires_at))
-    if out is not None and out.exists():
-        cli.fail(f"{out} exists; the codes are shown once, so nothing is overwritten")
-    response: billing_pb2.CreateVouchersResponse = cli.run(
-        lambda client: client.create_vouchers(request)
-    )
+    descriptor = None
+    if out is not None:
+        # Made before the codes exist, so a file that cannot be written costs no batch.
+        # Only its owner may read it: each code is money.
+        try:
+            descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            cli.fail(
+                f"{out} exists; the codes are shown once, so nothing is overwritten",
+                code=BAD_INPUT,
+            )
+        except OSError as error:
+            cli.fail(f"--out {out}: {error.strerror or error}", code=BAD_INPUT)
+    try:
+        response: billing_pb2.CreateVouchersResponse = cli.run(
+            lambda client: client.create_vouchers(request)
+        )
+    except BaseException:
+        if descriptor is not None:
+            os.close(descriptor)
+            assert out is not None
+            out.unlink(missing_ok=True)
+        raise
     value = format_money(micros, code, exact=True)
     until = expires_at.isoformat() if expires_at else ""
-    if out is not None:
-        # Only its owner may read it: each code is money.
-        descriptor = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    if out is not None and descriptor is not None:
         with open(descriptor, "w", newline="") as handle:
             writer = csv.writer(handle)
             writer.writerow(["code", "amount", "currency", "expires", "batch_id"])
@@ -266,7 +283,9 @@ def ledger_verify(
     database_url: Annotated[
         str | None,
         typer.Option(
-            "--database-url", help="The account database (default: METERLINE_BILLING_DATABASE_URL)."
+            "--database-url",
+            help="The account database (default: METERLINE_BILLING_DATABASE_URL, else the "
+            "one of the stack `meterline up` runs from the data folder).",
         ),
     ] = None,
     service_database_url: Annotated[
@@ -274,7 +293,8 @@ def ledger_verify(
         typer.Option(
             "--service-database-url",
             help="The service database, to check settled sessions against their records "
-            "(default: METERLINE_SERVICE_DATABASE_URL; unset: not checked).",
+            "(default: METERLINE_SERVICE_DATABASE_URL, else the running stack's; "
+            "none: not checked).",
         ),
     ] = None,
     accounts: Annotated[
@@ -286,17 +306,25 @@ def ledger_verify(
     """Recompute every balance from the ledger entries and check every invariant; exits 1
     naming each mismatch."""
     from billing_manager.storage.ledger_audit import verify
+    from meterline.cli.stack import read_state, stack_owner
     from meterline.kernel.config import ConfigError, load_settings
 
     cli = _lent()
     try:
-        stores = load_settings().stores
+        settings = load_settings()
     except ConfigError as error:
         cli.fail(str(error), code=BAD_INPUT)
+    stores = settings.stores
+    if not (database_url or stores.billing_database_url):
+        # Like every command, it finds the stack `meterline up` runs from the data folder.
+        state = read_state(settings.data_dir) if stack_owner(settings.data_dir) else None
+        if state is not None:
+            stores = state.stores
     billing_url = database_url or stores.billing_database_url
     if not billing_url:
         cli.fail(
-            "no account database: give --database-url or set METERLINE_BILLING_DATABASE_URL",
+            "no account database: give --database-url, set METERLINE_BILLING_DATABASE_URL, "
+            f"or run it where `meterline up` runs (no stack runs from {settings.data_dir})",
             code=BAD_INPUT,
         )
     service_url = (

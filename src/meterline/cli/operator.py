@@ -152,6 +152,32 @@ class OperatorClient:
             if not token:
                 return entries
 
+    async def generate_invoice(
+        self, request: billing_pb2.GenerateInvoiceRequest
+    ) -> billing_pb2.Invoice:
+        return await self.billing.GenerateInvoice(request, metadata=self._metadata, timeout=TIMEOUT)
+
+    async def invoice(self, invoice_id: str) -> billing_pb2.Invoice:
+        """A bill by its id or its number."""
+        request = billing_pb2.GetInvoiceRequest(invoice_id=invoice_id)
+        return await self.billing.GetInvoice(request, metadata=self._metadata, timeout=TIMEOUT)
+
+    async def invoices(self, account_id: str) -> list[billing_pb2.Invoice]:
+        """Every bill of the account, newest first."""
+        found: list[billing_pb2.Invoice] = []
+        token = ""
+        while True:
+            request = billing_pb2.ListInvoicesRequest(
+                account_id=account_id, page_size=500, page_token=token
+            )
+            page = await self.billing.ListInvoices(
+                request, metadata=self._metadata, timeout=TIMEOUT
+            )
+            found.extend(page.invoices)
+            token = page.next_page_token
+            if not token:
+                return found
+
     async def create_credential(
         self, kind: auth_pb2.PrincipalKind.ValueType, account_id: str = "", gateway: str = ""
     ) -> auth_pb2.CreateCredentialResponse:

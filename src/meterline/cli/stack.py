@@ -20,6 +20,7 @@ import logging
 import os
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
@@ -51,6 +52,7 @@ from meterline.kernel.embedded import (
 from meterline.kernel.processes import (
     kill_group,
     port_is_free,
+    spawn,
     spawn_service,
     stop_processes,
     wait_until_serving,
@@ -114,7 +116,9 @@ class RunningStack:
     made_certificates: Path | None = None
     """The folder development certificates were made in by this start, if they were."""
     processes: dict[str, int] = field(default_factory=dict)
-    """The pid of each child: postgres, redis, rating, billing, service."""
+    """The pid of each child: postgres, redis, rating, billing, service, web."""
+    web_url: str = ""
+    """Where the end users' web page answers (https://host:port)."""
 
 
 @dataclass(frozen=True)
@@ -128,6 +132,8 @@ class StackState:
     embedded: bool
     tls: TlsSettings
     processes: dict[str, int]
+    web_url: str = ""
+    """Where the end users' web page answers ('' for a stack from before it had one)."""
 
 
 def _tls_of(state: dict[str, Any]) -> TlsSettings:
@@ -144,6 +150,27 @@ def _tls_of(state: dict[str, Any]) -> TlsSettings:
     )
 
 
+def metrics_addresses(address: str) -> dict[str, str]:
+    """Each service's metrics address under `meterline up`, from one
+    METERLINE_METRICS_ADDRESS (unset: none): the rating service takes host:port, the
+    billing manager the next port, the service manager the one after (port 0: each picks
+    its own, as its log says). One address for three processes could serve none."""
+    if not address:
+        return {}
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) > 65535:
+        raise StackError(
+            f"METERLINE_METRICS_ADDRESS {address!r} is not host:port (e.g. 127.0.0.1:9464)"
+        )
+    if int(port) + len(ROLES) - 1 > 65535:
+        raise StackError(
+            f"METERLINE_METRICS_ADDRESS {address!r}: the services take this port and the next "
+            "two, so it must be at most 65533"
+        )
+    first = int(port)
+    return {role: f"{host}:{first + index if first else 0}" for index, role in enumerate(ROLES)}
+
+
 def read_state(data_dir: Path) -> StackState | None:
     """The stack.json of `data_dir`, if there is a readable one (it may be stale: see
     `stack_owner`)."""
@@ -157,6 +184,7 @@ def read_state(data_dir: Path) -> StackState | None:
             embedded=bool(state["embedded"]),
             tls=_tls_of(state),
             processes={str(k): int(v) for k, v in state.get("processes", {}).items()},
+            web_url=str(state.get("web_url") or ""),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -446,6 +474,19 @@ class LocalStack:
                     f"{address} (the {role} service's address) is in use by another program: "
                     f"stop it, or set METERLINE_{role.upper()}_ADDRESS to another port"
                 )
+        if not port_is_free(self._settings.web.address):
+            raise StackError(
+                f"{self._settings.web.address} (the web page's address) is in use by another "
+                "program: stop it, or set METERLINE_WEB_ADDRESS to another port"
+            )
+        metrics = metrics_addresses(self._settings.metrics_address)
+        for role, address in metrics.items():
+            if not address.endswith(":0") and not port_is_free(address):
+                raise StackError(
+                    f"{address} ({SERVICE_NAMES[role]}'s metrics, from METERLINE_METRICS_ADDRESS) "
+                    "is in use by another program: stop it, or set METERLINE_METRICS_ADDRESS "
+                    "to another port (the three services take it and the next two)"
+                )
         try:
             secret = token_secret(self._settings, create=True)
         except ConfigError as error:
@@ -480,8 +521,9 @@ class LocalStack:
         for role in ROLES:
             address = getattr(endpoints, role)
             log_path = log_dir / f"{role}.log"
+            role_env = {**env, "METERLINE_METRICS_ADDRESS": metrics[role]} if metrics else env
             with self._part(SERVICE_NAMES[role]) as ready:
-                process = spawn_service(role, env, log_path)
+                process = spawn_service(role, role_env, log_path)
                 self._processes.append(process)
                 self._lock.add(role, process.pid)
                 running.processes[role] = process.pid
@@ -492,10 +534,52 @@ class LocalStack:
                         f"{SERVICE_NAMES[role]} did not start ({_first_line(str(error))}); "
                         f"the last line of its log {log_path}: {_last_log_line(log_path)}"
                     ) from error
-                ready(f"{SERVICE_NAMES[role]} serving on {address}")
+                served = ""
+                if metrics:
+                    served = (
+                        f", metrics on a free port (its log {log_path} says which)"
+                        if metrics[role].endswith(":0")
+                        else f", metrics on http://{metrics[role]}/metrics"
+                    )
+                ready(f"{SERVICE_NAMES[role]} serving on {address}{served}")
             log.info("%s service serving on %s (log: %s)", role, address, log_path)
+        self._start_web(running, env, tls_env)
         self._write_state(running)
         return running
+
+    def _start_web(
+        self, running: RunningStack, env: dict[str, str], tls_env: dict[str, str]
+    ) -> None:
+        """The end users' web page beside the services: a client of theirs, serving HTTPS
+        with their certificate (docs/web.md)."""
+        from meterline.web.server import page_url, wait_until_answering
+
+        address = self._settings.web.address
+        page_tls = (
+            TlsSettings(ca_file=Path(tls_env["METERLINE_TLS_CA_FILE"]))
+            if tls_env
+            else running.client_tls
+        )
+        log_path = running.log_dir / "web.log"
+        with self._part("the web page") as ready:
+            process = spawn(
+                [sys.executable, "-m", "meterline.web"],
+                log_path,
+                death_signal=signal.SIGTERM,
+                env={**env, "METERLINE_WEB_ADDRESS": address},
+            )
+            self._processes.append(process)
+            self._lock.add("web", process.pid)
+            running.processes["web"] = process.pid
+            try:
+                wait_until_answering(address, process, log_path, page_tls)
+            except (RuntimeError, TimeoutError) as error:
+                raise StackError(
+                    f"the web page did not start ({_first_line(str(error))}); the last line of "
+                    f"its log {log_path}: {_last_log_line(log_path)}"
+                ) from error
+            running.web_url = page_url(address, page_tls)
+            ready(f"the web page serving on {running.web_url}")
 
     @property
     def state_file(self) -> Path:
@@ -517,6 +601,7 @@ class LocalStack:
                 "key_file": _text(running.client_tls.key_file),
             },
             "processes": running.processes,
+            "web_url": running.web_url,
         }
         temporary = self.state_file.with_suffix(".json.tmp")
         temporary.write_text(json.dumps(state, indent=2))

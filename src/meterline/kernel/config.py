@@ -17,6 +17,8 @@ from meterline.kernel.money import AmountError, parse_amount
 DEFAULT_RATING_ADDRESS = "127.0.0.1:50051"
 DEFAULT_BILLING_ADDRESS = "127.0.0.1:50052"
 DEFAULT_SERVICE_ADDRESS = "127.0.0.1:50053"
+DEFAULT_WEB_ADDRESS = "127.0.0.1:50054"
+PEER_HEALTH_CHECK_MODES = ("auto", "on", "off")
 
 
 class ConfigError(ValueError):
@@ -33,6 +35,29 @@ class Endpoints:
     """`METERLINE_BILLING_ADDRESS`: host:port of the billing manager (and AuthService)."""
     service: str = DEFAULT_SERVICE_ADDRESS
     """`METERLINE_SERVICE_ADDRESS`: host:port of the service manager."""
+    rating_peers: str = ""
+    """`METERLINE_RATING_PEERS`: the rating instances the service manager calls: a
+    comma-separated list of IP host:port, or one `dns:///name:port` that resolves to every
+    instance; calls are spread over them (`round_robin`, `kernel/peer_targets.py`). Unset:
+    METERLINE_RATING_ADDRESS."""
+    billing_peers: str = ""
+    """`METERLINE_BILLING_PEERS`: the billing manager instances the service manager calls,
+    in the same forms. Unset: METERLINE_BILLING_ADDRESS."""
+    peer_health_checks: str = "auto"
+    """`METERLINE_PEER_HEALTH_CHECKS`: whether the service manager sends calls only to the
+    peer instances whose health says SERVING (gRPC client-side health checking): `auto`
+    for the peer settings that name several instances (a list, a `dns:` target), `on` for
+    every peer setting, `off` for none."""
+
+    @property
+    def rating_target(self) -> str:
+        """The rating instances a caller dials: METERLINE_RATING_PEERS or the address."""
+        return self.rating_peers or self.rating
+
+    @property
+    def billing_target(self) -> str:
+        """The billing instances a caller dials: METERLINE_BILLING_PEERS or the address."""
+        return self.billing_peers or self.billing
 
 
 @dataclass(frozen=True)
@@ -163,6 +188,20 @@ class GatewaySettings:
 
 
 @dataclass(frozen=True)
+class WebSettings:
+    """The end users' web page (`meterline web`, docs/web.md). It serves HTTPS with this
+    process's TLS certificate (METERLINE_TLS_CERT_FILE and KEY_FILE, the services' own)
+    and reaches the billing manager and the service manager at their addresses above, as
+    a client, over TLS."""
+
+    address: str = DEFAULT_WEB_ADDRESS
+    """`METERLINE_WEB_ADDRESS`: host:port the page listens on (port 0 picks one)."""
+    session_hours: int = 8
+    """`METERLINE_WEB_SESSION_HOURS`: a signed-in browser session ends this long after its
+    sign-in (the page then asks for the password again)."""
+
+
+@dataclass(frozen=True)
 class Settings:
     endpoints: Endpoints = field(default_factory=Endpoints)
     stores: Stores = field(default_factory=Stores)
@@ -171,6 +210,7 @@ class Settings:
     tls: TlsSettings = field(default_factory=TlsSettings)
     components: ComponentSettings = field(default_factory=ComponentSettings)
     gateways: GatewaySettings = field(default_factory=GatewaySettings)
+    web: WebSettings = field(default_factory=WebSettings)
     data_dir: Path = Path(".meterline")
     """`METERLINE_DATA_DIR`: the embedded servers' data, the generated token secret."""
     token_secret: str = ""
@@ -199,6 +239,13 @@ class Settings:
     log_format: str = "text"
     """`METERLINE_LOG_FORMAT`: text (one readable line per record) or json (one JSON
     object per line, for log collectors)."""
+    traces: str = "off"
+    """`METERLINE_TRACES`: off, console (one JSON line per span on stdout) or otlp (to the
+    collector at the standard OTEL_EXPORTER_OTLP_ENDPOINT). Unset: the standard
+    OTEL_TRACES_EXPORTER (otlp, console or none), else off."""
+    trace_service_name: str = ""
+    """`OTEL_SERVICE_NAME`: the service.name of this process's spans. Unset: meterline-rating,
+    meterline-billing or meterline-service."""
 
 
 def _int(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
@@ -294,6 +341,11 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             rating=env.get("METERLINE_RATING_ADDRESS") or DEFAULT_RATING_ADDRESS,
             billing=env.get("METERLINE_BILLING_ADDRESS") or DEFAULT_BILLING_ADDRESS,
             service=env.get("METERLINE_SERVICE_ADDRESS") or DEFAULT_SERVICE_ADDRESS,
+            rating_peers=(env.get("METERLINE_RATING_PEERS") or "").strip(),
+            billing_peers=(env.get("METERLINE_BILLING_PEERS") or "").strip(),
+            peer_health_checks=_one_of(
+                env, "METERLINE_PEER_HEALTH_CHECKS", PEER_HEALTH_CHECK_MODES, "auto"
+            ),
         ),
         stores=Stores(
             rating_database_url=env.get("METERLINE_RATING_DATABASE_URL", ""),
@@ -331,6 +383,10 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             ),
             ticket_key_file=_path(env, "METERLINE_SESSION_TICKET_KEY_FILE"),
         ),
+        web=WebSettings(
+            address=(env.get("METERLINE_WEB_ADDRESS") or "").strip() or DEFAULT_WEB_ADDRESS,
+            session_hours=_int(env, "METERLINE_WEB_SESSION_HOURS", 8),
+        ),
         data_dir=data_dir,
         token_secret=env.get("METERLINE_TOKEN_SECRET", ""),
         voucher_secret=env.get("METERLINE_VOUCHER_SECRET", ""),
@@ -340,7 +396,27 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         migrate_on_start=_bool(env, "METERLINE_MIGRATE_ON_START", True),
         log_level=_one_of(env, "METERLINE_LOG_LEVEL", LOG_LEVELS, "INFO"),
         log_format=_one_of(env, "METERLINE_LOG_FORMAT", LOG_FORMATS, "text"),
-        metrics_address=(env.get("METERLINE_METRICS_ADDRESS") or "").strip(),
+        metrics_address=_metrics_address(env),
+        traces=_traces(env),
+        trace_service_name=(env.get("OTEL_SERVICE_NAME") or "").strip(),
+    )
+
+
+TRACE_EXPORTERS = ("off", "console", "otlp")
+
+
+def _traces(env: Mapping[str, str]) -> str:
+    """METERLINE_TRACES, else what the standard OTEL_TRACES_EXPORTER asks for."""
+    if (env.get("METERLINE_TRACES") or "").strip():
+        return _one_of(env, "METERLINE_TRACES", TRACE_EXPORTERS, "off")
+    standard = (env.get("OTEL_TRACES_EXPORTER") or "").strip().lower()
+    if standard in ("", "none"):
+        return "off"
+    if standard in ("otlp", "console"):
+        return standard
+    raise ConfigError(
+        f"OTEL_TRACES_EXPORTER={standard!r}: Meterline sends traces with otlp or console "
+        "(or none); set one of those, or METERLINE_TRACES."
     )
 
 
@@ -426,10 +502,22 @@ def component_signing_key_file(settings: Settings) -> tuple[Path, bool]:
     return settings.data_dir / "component-signing-key.pem", False
 
 
+def _metrics_address(env: Mapping[str, str]) -> str:
+    """METERLINE_METRICS_ADDRESS: empty (no endpoint) or host:port."""
+    address = (env.get("METERLINE_METRICS_ADDRESS") or "").strip()
+    port = address.rpartition(":")[2]
+    if address and not (port.isdigit() and int(port) <= 65535):
+        raise ConfigError(
+            f"METERLINE_METRICS_ADDRESS {address!r} is not host:port (e.g. 127.0.0.1:9464)"
+        )
+    return address
+
+
 def require_url(value: str, variable: str) -> str:
     if not value:
         raise ConfigError(
-            f"{variable} is not set. Set it to a PostgreSQL or Redis URL, or run "
+            f"{variable} is not set. Set it to a "
+            f"{'Redis' if 'REDIS' in variable else 'PostgreSQL'} URL, or run "
             "`meterline up`, which starts the embedded default."
         )
     return value

@@ -161,14 +161,16 @@ def run_migrations_online(connection: Connection, metadata: MetaData, version_ta
 
 
 def ensure_database(server_url: str, name: str) -> str:
-    """Create database `name` on the server of `server_url` if missing; return its URL."""
+    """Create database `name` on the server of `server_url` if missing; return its URL, in
+    the plain `postgresql://` form that psql takes as well as the services (`meterline
+    up` writes it to stack.json for people to connect with)."""
     admin = make_url(sqlalchemy_url(server_url)).set(database="postgres")
     with psycopg.connect(libpq_dsn(admin.render_as_string(False)), autocommit=True) as conn:
         exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone()
         if not exists:
             conn.execute(f'CREATE DATABASE "{name}"')
             log.info("created database %s", name)
-    return admin.set(database=name).render_as_string(hide_password=False)
+    return libpq_dsn(admin.set(database=name).render_as_string(hide_password=False))
 
 
 def drop_database(server_url: str, name: str) -> None:

@@ -10,10 +10,11 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
+from meterline.kernel import tracing
 from meterline.kernel.errors import Unauthenticated
 from meterline.kernel.principals import Principal
+from meterline.kernel.reflection import enable_reflection
 from meterline.kernel.request_guard import RequestGuard
 from meterline.kernel.tokens import TokenSigner
 
@@ -103,16 +104,18 @@ async def start_server(
     listening with `credentials` (from `tls.server_credentials`; None: plaintext)."""
     # Every call passes the request guard: undecodable bodies and unstorable text are
     # refused with INVALID_ARGUMENT before a servicer sees them.
-    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=(RequestGuard(),))
+    # With tracing on, its span is outermost, so a refused request is traced as well.
+    server = grpc.aio.server(
+        options=SERVER_OPTIONS,
+        interceptors=(*tracing.server_interceptors(), RequestGuard()),
+    )
     for register in registrations:
         register(server)
     health_servicer = health.aio.HealthServicer()  # type: ignore[attr-defined]
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     for name in (*service_names, ""):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-    reflection.enable_server_reflection(
-        (*service_names, health.SERVICE_NAME, reflection.SERVICE_NAME), server
-    )
+    enable_reflection(server, (*service_names, health.SERVICE_NAME))
     port = listen(server, address, credentials)
     await server.start()
     names = ", ".join(service_names)
@@ -130,9 +133,11 @@ def client_channel(
 ) -> grpc.aio.Channel:
     """A channel to `address`, with TLS unless `credentials` is None (from
     `tls.channel_credentials`, which gives None only when plaintext was asked for)."""
+    # With tracing on, each call is a CLIENT span whose context travels in its metadata.
+    interceptors = tracing.client_interceptors() or None
     if credentials is None:
-        return grpc.aio.insecure_channel(address, options=options)
-    return grpc.aio.secure_channel(address, credentials, options=options)
+        return grpc.aio.insecure_channel(address, options=options, interceptors=interceptors)
+    return grpc.aio.secure_channel(address, credentials, options=options, interceptors=interceptors)
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:

@@ -76,11 +76,14 @@ def _display_locale() -> str:
     return "en" if not found or found.endswith("POSIX") else found
 
 
-def format_money(micros: int, currency: str, exact: bool = False) -> str:
-    """An amount for people, in the currency's own precision and the user's locale:
-    "0.19 EUR" for 188,000 micro-units (rounded half up, for display only). With `exact`,
-    every significant digit of the micro-units is kept ("0.000001 EUR"): for prices, which
-    may be finer than the currency's smallest coin."""
+def format_money(
+    micros: int, currency: str, exact: bool = False, *, locale: str | None = None
+) -> str:
+    """An amount for people, in the currency's own precision and the user's locale (or
+    `locale`, e.g. "de_DE" for a bill): "0.19 EUR" for 188,000 micro-units (rounded half
+    up, for display only). With `exact`, every significant digit of the micro-units is
+    kept ("0.000001 EUR"): for prices, which may be finer than the currency's smallest
+    coin, and for bills, which are exact to the micro-unit."""
     value = Decimal(micros) / MICROS_PER_UNIT
     try:
         digits = get_currency_precision(currency)
@@ -88,13 +91,17 @@ def format_money(micros: int, currency: str, exact: bool = False) -> str:
         digits = 2
     if not exact:
         value = value.quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP)
-    return format_currency(
-        value,
-        currency,
-        format="#,##0.00 \xa4\xa4",
-        locale=_display_locale(),
-        decimal_quantization=not exact,
-    ).replace("\xa0", " ")
+    return (
+        format_currency(
+            value,
+            currency,
+            format="#,##0.00 \xa4\xa4",
+            locale=locale or _display_locale(),
+            decimal_quantization=not exact,
+        )
+        .replace("\xa0", " ")
+        .replace("\u202f", " ")
+    )  # no-break spaces (fr: "1 234,50 EUR")
 
 
 def round_up_units(units: int, increment: int) -> int:

@@ -31,6 +31,7 @@ from psycopg.rows import dict_row
 from psycopg.types.numeric import Int8Dumper
 from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
+from meterline.kernel import metrics
 from meterline.kernel.db import CONNECT_TIMEOUT_SECONDS, libpq_dsn
 from meterline.kernel.errors import Unavailable
 from meterline.kernel.store_errors import one_line
@@ -80,6 +81,8 @@ class PooledDatabase:
         self._probe: asyncio.Future[None] | None = None
         self._recovery: asyncio.Future[None] | None = None
         self._retiring: set[asyncio.Task[None]] = set()
+        # On /metrics: whichever pool is current (a recovery replaces it).
+        metrics.track_pool(name, self, lambda db: metrics.psycopg_usage(db._pool))
 
     def _new_pool(self) -> AsyncConnectionPool[Connection]:
         return AsyncConnectionPool(

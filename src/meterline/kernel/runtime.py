@@ -13,6 +13,8 @@ from typing import Any, TypeVar
 
 from meterline.kernel.config import ConfigError
 from meterline.kernel.grpc_server import RunningServer
+from meterline.kernel.startup import StoreUnreachable
+from meterline.kernel.store_errors import one_line, store_outage
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -71,3 +73,18 @@ def run_until_signalled(start: Callable[[], Awaitable[ServiceHandle]]) -> None:
         # A setting that cannot be used: the sentence says what to set; no traceback.
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(2) from None
+    except StoreUnreachable as error:
+        # A store down at start: one sentence naming it (kernel/startup.py); exit 1, so
+        # whoever runs the service restarts it.
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
+    except Exception as error:
+        # A store that went away after the check, while the service was starting.
+        if store_outage(error) is None:
+            raise
+        print(
+            f"error: a store stopped answering while the service was starting "
+            f"({one_line(error)}); check it and start the service again.",
+            file=sys.stderr,
+        )
+        raise SystemExit(1) from None

@@ -13,9 +13,10 @@ from meterline.kernel.media import ServiceType
 from service_manager.domain.accounts import AccountSnapshot
 from service_manager.domain.components import ComponentKey, PublishedComponent
 from service_manager.domain.gateways import Gateway, GatewayChange
+from service_manager.domain.holds import HoldState
 from service_manager.domain.identities import AccountIdentity, Identity
 from service_manager.domain.notices import GatewayNotice
-from service_manager.domain.records import ServiceRecord, UsageEvent
+from service_manager.domain.records import ServiceRecord, UsageEvent, UsageSummary
 from service_manager.domain.sessions import Session, SessionRate, SessionStatus, TerminationReason
 
 
@@ -147,6 +148,9 @@ class SessionStore(Protocol):
 
     async def active_sessions(self) -> list[Session]: ...
 
+    async def active_of_account(self, account_id: str) -> list[Session]:
+        """The account's ACTIVE sessions, held by a stream or not, oldest first."""
+
 
 class GatewayRegistry(Protocol):
     """The registered gateways (service database)."""
@@ -217,9 +221,16 @@ class Funds(Protocol):
     async def reserve(self, account_id: str, amount: int, key: str, reference: str) -> str:
         """Put a hold on the account; returns its id."""
 
-    async def capture(self, hold_id: str, amount: int, key: str) -> None: ...
+    async def capture(
+        self, hold_id: str, amount: int, key: str, usage: UsageSummary | None = None
+    ) -> None:
+        """Capture `amount` of the hold and release the rest; `usage` tells the bill what
+        the charge was for."""
 
     async def release(self, hold_id: str, key: str) -> None: ...
+
+    async def hold(self, hold_id: str) -> HoldState:
+        """The hold as it stands now (how it was closed, and what it captured)."""
 
 
 class Rates(Protocol):

@@ -10,6 +10,7 @@ import logging
 from collections.abc import Coroutine
 from typing import Any
 
+from meterline.kernel import metrics
 from meterline.kernel.config import QuotaPolicy
 from meterline.kernel.errors import AlreadyExists, FailedPrecondition, Unavailable
 from meterline.kernel.media import Unit
@@ -200,6 +201,7 @@ class Quota:
         if stored is None:
             return None
         adopt_holds(session, stored)
+        metrics.SLICES_RESERVED.inc()
         return True
 
     async def resolve_pending(self, session: Session, fence: Fence) -> bool | None:
@@ -225,6 +227,7 @@ class Quota:
         if stored is None:
             return None
         adopt_holds(session, stored)
+        metrics.SLICES_RESERVED.inc()
         return True
 
     async def _refresh(self, live: LiveSession) -> None:

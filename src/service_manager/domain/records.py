@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from meterline.kernel.media import ServiceType
-from service_manager.domain.sessions import SessionRate, TerminationReason
+from meterline.kernel.media import ServiceType, Unit
+from service_manager.domain.sessions import Session, SessionRate, TerminationReason
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +34,44 @@ class ServiceRecord:
     """The gateway's count less the device's, when both reported."""
     client_used_units: int = 0
     gateway_used_units: int = 0
+    settlement_difference_micros: int = 0
+    """The usage's charge less what the ledger captured, when someone else closed one of
+    the session's holds first (charged_micros is what was captured)."""
+    settlement_note: str = ""
+    """Why the charge differs from the usage's, a sentence; empty when it does not."""
+
+
+@dataclass(frozen=True, slots=True)
+class UsageSummary:
+    """What a session used, sent with each capture at settlement so the bill can show
+    the service behind the charge."""
+
+    session_id: str
+    service_type: ServiceType
+    endpoint: str
+    application_id: str
+    units: int
+    """The units charged for (the final usage up to the grant)."""
+    unit: Unit
+    started_at: datetime
+    ended_at: datetime
+    charged_micros: int
+    """The session's whole charge, over all its holds."""
+
+
+def usage_summary(session: Session, charged_micros: int, ended_at: datetime) -> UsageSummary:
+    """The summary a settled session's captures carry."""
+    return UsageSummary(
+        session_id=session.session_id,
+        service_type=session.service_type,
+        endpoint=session.endpoint,
+        application_id=session.application_id,
+        units=session.billable_units,
+        unit=session.rate.unit,
+        started_at=session.started_at,
+        ended_at=ended_at,
+        charged_micros=charged_micros,
+    )
 
 
 def unbilled(used_units: int, billed_units: int) -> tuple[int, str]:

@@ -114,10 +114,17 @@ class Session:
     owner_id: str = ""
     """The instance that last took the session over."""
     _charge_cache: tuple[int, int] = field(default=(-1, 0), repr=False, compare=False)
+    _epoch_cache: tuple[datetime | None, int] = field(default=(None, 0), repr=False, compare=False)
 
     @property
     def start_epoch(self) -> int:
-        return int(self.started_at.timestamp())
+        # Remembered for the started_at it was computed from: every charge on the usage
+        # path needs it, and datetime.timestamp() is the dearest step of one.
+        started_at, epoch = self._epoch_cache
+        if started_at is not self.started_at:
+            epoch = int(self.started_at.timestamp())
+            self._epoch_cache = (self.started_at, epoch)
+        return epoch
 
     @property
     def billable_units(self) -> int:
@@ -126,7 +133,8 @@ class Session:
     @property
     def charged_micros(self) -> int:
         """The charge of the usage so far (never beyond what was granted)."""
-        billable = self.billable_units
+        used, granted = self.used_units, self.granted_units
+        billable = used if used < granted else granted  # billable_units, read 3x an update
         cached_units, cached_charge = self._charge_cache
         if cached_units == billable:
             return cached_charge

@@ -12,6 +12,7 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from client_sdk.components import Version
+from meterline.kernel import metrics
 from meterline.kernel.db import libpq_dsn
 from meterline.kernel.errors import Unavailable
 from meterline.kernel.pg_pool import run_on_pool
@@ -56,6 +57,7 @@ class PostgresComponentStore:
             open=False,
             timeout=10,
         )
+        metrics.track_pool("components", self._pool, metrics.psycopg_usage)
 
     async def open(self) -> None:
         await self._pool.open(wait=False)

@@ -147,6 +147,10 @@ service_records = Table(
     Column("usage_discrepancy", BigInteger, nullable=False, server_default="0"),
     Column("client_used_units", BigInteger, nullable=False, server_default="0"),
     Column("gateway_used_units", BigInteger, nullable=False, server_default="0"),
+    # A hold someone else closed before settlement (migration 0007): the usage's charge
+    # less what was captured (charged_micros), and why.
+    Column("settlement_difference_micros", BigInteger, nullable=False, server_default="0"),
+    Column("settlement_note", Text, nullable=False, server_default=""),
     Index("service_records_account_idx", "account_id", "ended_at"),
 )
 

@@ -13,10 +13,11 @@ from datetime import datetime
 from typing import Any, TypeVar
 
 import psycopg
-from psycopg.rows import dict_row
+from psycopg.rows import dict_row, tuple_row
 from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool
 
+from meterline.kernel import metrics
 from meterline.kernel.db import libpq_dsn
 from meterline.kernel.media import ServiceType
 from meterline.kernel.pg_pool import run_on_pool
@@ -94,6 +95,8 @@ def _record(row: dict[str, Any]) -> ServiceRecord:
         usage_discrepancy=row["usage_discrepancy"],
         client_used_units=row["client_used_units"],
         gateway_used_units=row["gateway_used_units"],
+        settlement_difference_micros=row["settlement_difference_micros"],
+        settlement_note=row["settlement_note"],
     )
 
 
@@ -125,6 +128,8 @@ class PostgresSessionStore:
             open=False,
             timeout=10,
         )
+        metrics.track_pool("sessions", self._pool, metrics.psycopg_usage)
+        metrics.track_pool("usage batches", self._usage_pool, metrics.psycopg_usage)
 
     async def open(self) -> None:
         await self._pool.open(wait=False)
@@ -218,15 +223,18 @@ class PostgresSessionStore:
             return set()
 
         async def work(conn: Connection) -> set[str]:
-            cursor = await conn.execute(
+            cursor = conn.cursor(row_factory=tuple_row)  # one column: no dict per row
+            await cursor.execute(
                 "UPDATE sessions AS s SET "
                 "last_sequence = greatest(s.last_sequence, v.last_sequence), "
                 "client_used_units = greatest(s.client_used_units, v.client_used), "
                 "gateway_used_units = greatest(s.gateway_used_units, v.gateway_used), "
                 "used_units = greatest(s.used_units, v.used), "
                 "last_update_at = greatest(s.last_update_at, v.at) "
-                "FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], "
-                "%s::bigint[], %s::bigint[], %s::timestamptz[]) "
+                # Binary parameters: the text form of an array has psycopg quote every
+                # element through a regex, most of the CPU a batch costs.
+                "FROM unnest(%b::text[], %b::bigint[], %b::bigint[], %b::bigint[], "
+                "%b::bigint[], %b::bigint[], %b::timestamptz[]) "
                 "AS v(session_id, epoch, last_sequence, client_used, gateway_used, used, at) "
                 "WHERE s.session_id = v.session_id AND s.owner_epoch = v.epoch "
                 "AND s.status = 'ACTIVE' RETURNING s.session_id",
@@ -240,7 +248,7 @@ class PostgresSessionStore:
                     [w.last_update_at for w in writes],
                 ),
             )
-            return {row["session_id"] for row in await cursor.fetchall()}
+            return {row[0] for row in await cursor.fetchall()}
 
         return await self._run(work, self._usage_pool)
 
@@ -387,8 +395,9 @@ class PostgresSessionStore:
                     "endpoint, application_id, gateway_id, rate, started_at, ended_at, "
                     "used_units, billed_units, charged_micros, termination_reason, "
                     "unbilled_units, unbilled_reason, usage_discrepancy, client_used_units, "
-                    "gateway_used_units) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
-                    "%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (session_id) DO NOTHING "
+                    "gateway_used_units, settlement_difference_micros, settlement_note) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, "
+                    "%s, %s, %s, %s) ON CONFLICT (session_id) DO NOTHING "
                     "RETURNING session_id",
                     (
                         record.session_id,
@@ -409,6 +418,8 @@ class PostgresSessionStore:
                         record.usage_discrepancy,
                         record.client_used_units,
                         record.gateway_used_units,
+                        record.settlement_difference_micros,
+                        record.settlement_note,
                     ),
                 )
                 if await inserted.fetchone() is not None:
@@ -457,6 +468,17 @@ class PostgresSessionStore:
         async def work(conn: Connection) -> list[dict[str, Any]]:
             cursor = await conn.execute(
                 f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE status = 'ACTIVE'"
+            )
+            return await cursor.fetchall()
+
+        return [_session(row) for row in await self._run(work)]
+
+    async def active_of_account(self, account_id: str) -> list[Session]:
+        async def work(conn: Connection) -> list[dict[str, Any]]:
+            cursor = await conn.execute(
+                f"SELECT {_SESSION_COLUMNS} FROM sessions "
+                "WHERE status = 'ACTIVE' AND account_id = %s ORDER BY started_at",
+                (account_id,),
             )
             return await cursor.fetchall()
 

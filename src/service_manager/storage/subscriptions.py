@@ -1,8 +1,9 @@
 """Live events for watchers: one Redis subscription connection per instance, shared by
 every WatchAccount stream of it; messages are fanned out in the process to a bounded
 queue per watcher (a slow watcher loses its oldest usage events, never anyone else's).
-The same connection hears the billing manager's "account funded" events (a pattern
-subscription, kernel/account_events.py) and hands each to a callback."""
+The same connection hears the billing manager's "account funded" and "account suspended
+or closed" events (pattern subscriptions, kernel/account_events.py) and hands each to a
+callback."""
 
 from __future__ import annotations
 
@@ -16,7 +17,12 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from meterline.kernel.account_events import account_funded_pattern, funded_account
+from meterline.kernel.account_events import (
+    account_funded_pattern,
+    account_status_pattern,
+    funded_account,
+    status_account,
+)
 from meterline.kernel.errors import Unavailable
 from service_manager.domain.records import UsageEvent
 from service_manager.domain.sessions import TerminationReason
@@ -38,17 +44,27 @@ class RedisSubscriptions:
         self._reader: asyncio.Task[None] | None = None
         self._prefix = prefix
         self._on_funded: Callable[[str], Awaitable[object]] | None = None
+        self._on_suspended: Callable[[str], Awaitable[object]] | None = None
         self._funding: set[asyncio.Task[object]] = set()
 
-    async def follow_funding(self, on_funded: Callable[[str], Awaitable[object]]) -> None:
-        """Hear every "account funded" event, on the shared connection (the subscription
-        is renewed by the client when it reconnects). Runs until it has subscribed."""
+    async def follow_funding(
+        self,
+        on_funded: Callable[[str], Awaitable[object]],
+        on_suspended: Callable[[str], Awaitable[object]] | None = None,
+    ) -> None:
+        """Hear every "account funded" event (and, given `on_suspended`, every "account
+        suspended or closed" one), on the shared connection (the subscriptions are
+        renewed by the client when it reconnects). Runs until it has subscribed."""
         self._on_funded = on_funded
+        self._on_suspended = on_suspended
+        patterns = [account_funded_pattern(self._prefix)]
+        if on_suspended is not None:
+            patterns.append(account_status_pattern(self._prefix))
         failing = False
         while True:
             try:
                 async with self._lock:
-                    await self._pubsub.psubscribe(account_funded_pattern(self._prefix))
+                    await self._pubsub.psubscribe(*patterns)
                     if self._reader is None or self._reader.done():
                         self._reader = asyncio.create_task(self._read())
                 return
@@ -161,9 +177,13 @@ class RedisSubscriptions:
 
     def _funded(self, channel: str) -> None:
         account_id = funded_account(self._prefix, channel)
-        if account_id is None or self._on_funded is None:
+        act = self._on_funded
+        if account_id is None:
+            account_id = status_account(self._prefix, channel)
+            act = self._on_suspended
+        if account_id is None or act is None:
             return
-        task = asyncio.ensure_future(self._on_funded(account_id))
+        task = asyncio.ensure_future(act(account_id))
         self._funding.add(task)
         task.add_done_callback(self._funding.discard)
         task.add_done_callback(_log_failure)
@@ -171,4 +191,4 @@ class RedisSubscriptions:
 
 def _log_failure(task: asyncio.Task[object]) -> None:
     if not task.cancelled() and task.exception() is not None:
-        log.warning("a funding event was not acted on: %s", task.exception())
+        log.warning("an account event was not acted on: %s", task.exception())

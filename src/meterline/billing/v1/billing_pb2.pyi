@@ -492,26 +492,115 @@ class CaptureRequest(_message.Message):
     HOLD_ID_FIELD_NUMBER: _builtins.int
     AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
     hold_id: _builtins.str
     """The hold."""
     amount_micros: _builtins.int
     """0 to the held amount, in micro-units; the rest is released."""
     idempotency_key: _builtins.str
     """Makes a retry safe."""
+    @_builtins.property
+    def usage(self) -> Global___UsageSummary:
+        """What was used, for the bill: the service manager sends it when it settles a session
+        (the same summary on each of the session's holds). Optional; a capture without it is
+        billed as an "other charge" under its hold's reference.
+        """
+
     def __init__(
         self,
         *,
         hold_id: _builtins.str = ...,
         amount_micros: _builtins.int = ...,
         idempotency_key: _builtins.str = ...,
+        usage: Global___UsageSummary | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "hold_id", b"hold_id", "idempotency_key", b"idempotency_key"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "hold_id", b"hold_id", "idempotency_key", b"idempotency_key", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CaptureRequest: _TypeAlias = CaptureRequest  # noqa: Y015
+
+@_typing.final
+class UsageSummary(_message.Message):
+    """The service behind a charge, as the bill shows it."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    SERVICE_TYPE_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    APPLICATION_ID_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    END_TIME_FIELD_NUMBER: _builtins.int
+    CHARGED_MICROS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session (the holds' reference)."""
+    service_type: _builtins.str
+    """The media channel's name, e.g. "VOICE" or "FILE_DOWNLOAD"."""
+    endpoint: _builtins.str
+    """The endpoint (number, host, application name)."""
+    application_id: _builtins.str
+    """The application, for APPLICATION services; empty otherwise."""
+    units: _builtins.int
+    """The session's units charged for (its whole final usage up to the grant)."""
+    unit: _builtins.str
+    """Their unit's name, e.g. "SECOND", "BYTE", "MESSAGE"."""
+    charged_micros: _builtins.int
+    """The session's whole charge, in micro-units (over all its holds)."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When the session started."""
+
+    @_builtins.property
+    def end_time(self) -> _timestamp_pb2.Timestamp:
+        """When it ended."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        service_type: _builtins.str = ...,
+        endpoint: _builtins.str = ...,
+        application_id: _builtins.str = ...,
+        units: _builtins.int = ...,
+        unit: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        end_time: _timestamp_pb2.Timestamp | None = ...,
+        charged_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["end_time", b"end_time", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["application_id", b"application_id", "charged_micros", b"charged_micros", "end_time", b"end_time", "endpoint", b"endpoint", "service_type", b"service_type", "session_id", b"session_id", "start_time", b"start_time", "unit", b"unit", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageSummary: _TypeAlias = UsageSummary  # noqa: Y015
+
+@_typing.final
+class GetHoldRequest(_message.Message):
+    """Reads a hold."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    hold_id: _builtins.str
+    """The hold."""
+    def __init__(
+        self,
+        *,
+        hold_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["hold_id", b"hold_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetHoldRequest: _TypeAlias = GetHoldRequest  # noqa: Y015
 
 @_typing.final
 class ReleaseRequest(_message.Message):
@@ -769,7 +858,7 @@ class GetInvoiceRequest(_message.Message):
 
     INVOICE_ID_FIELD_NUMBER: _builtins.int
     invoice_id: _builtins.str
-    """The bill."""
+    """The bill: its id, or its number (e.g. INV-2026-000123)."""
     def __init__(
         self,
         *,
@@ -782,6 +871,194 @@ class GetInvoiceRequest(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___GetInvoiceRequest: _TypeAlias = GetInvoiceRequest  # noqa: Y015
+
+@_typing.final
+class ListInvoicesRequest(_message.Message):
+    """Lists an account's bills."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account."""
+    page_size: _builtins.int
+    """At most this many (default 50, maximum 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInvoicesRequest: _TypeAlias = ListInvoicesRequest  # noqa: Y015
+
+@_typing.final
+class ListInvoicesResponse(_message.Message):
+    """A page of bills, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INVOICES_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass to get the next page; empty on the last page."""
+    @_builtins.property
+    def invoices(self) -> _containers.RepeatedCompositeFieldContainer[Global___Invoice]:
+        """Each with its lines, charges, sessions and movements."""
+
+    def __init__(
+        self,
+        *,
+        invoices: _abc.Iterable[Global___Invoice] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["invoices", b"invoices", "next_page_token", b"next_page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListInvoicesResponse: _TypeAlias = ListInvoicesResponse  # noqa: Y015
+
+@_typing.final
+class InvoiceCharge(_message.Message):
+    """A bill's line per service type and application: what it cost, with its sessions."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_TYPE_FIELD_NUMBER: _builtins.int
+    APPLICATION_ID_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    UNIT_FIELD_NUMBER: _builtins.int
+    AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
+    SESSIONS_FIELD_NUMBER: _builtins.int
+    service_type: _builtins.str
+    """The media channel's name, e.g. "VOICE"; "OTHER" for captures without a usage summary."""
+    application_id: _builtins.str
+    """The application, for APPLICATION services; empty otherwise."""
+    units: _builtins.int
+    """Units charged, summed over the sessions."""
+    unit: _builtins.str
+    """Their unit's name, e.g. "SECOND"."""
+    amount_micros: _builtins.int
+    """The line's amount, in micro-units: the sum of its sessions' charges."""
+    @_builtins.property
+    def sessions(self) -> _containers.RepeatedCompositeFieldContainer[Global___InvoiceSession]:
+        """The sessions behind it, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        service_type: _builtins.str = ...,
+        application_id: _builtins.str = ...,
+        units: _builtins.int = ...,
+        unit: _builtins.str = ...,
+        amount_micros: _builtins.int = ...,
+        sessions: _abc.Iterable[Global___InvoiceSession] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "application_id", b"application_id", "service_type", b"service_type", "sessions", b"sessions", "unit", b"unit", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvoiceCharge: _TypeAlias = InvoiceCharge  # noqa: Y015
+
+@_typing.final
+class InvoiceSession(_message.Message):
+    """One session on a bill."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SESSION_ID_FIELD_NUMBER: _builtins.int
+    START_TIME_FIELD_NUMBER: _builtins.int
+    ENDPOINT_FIELD_NUMBER: _builtins.int
+    DURATION_FIELD_NUMBER: _builtins.int
+    UNITS_FIELD_NUMBER: _builtins.int
+    AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
+    session_id: _builtins.str
+    """The session (or, for an other charge, its hold's reference)."""
+    endpoint: _builtins.str
+    """The endpoint."""
+    units: _builtins.int
+    """Units charged."""
+    amount_micros: _builtins.int
+    """The charge captured in the period, in micro-units."""
+    @_builtins.property
+    def start_time(self) -> _timestamp_pb2.Timestamp:
+        """When it started."""
+
+    @_builtins.property
+    def duration(self) -> _duration_pb2.Duration:
+        """How long it ran."""
+
+    def __init__(
+        self,
+        *,
+        session_id: _builtins.str = ...,
+        start_time: _timestamp_pb2.Timestamp | None = ...,
+        endpoint: _builtins.str = ...,
+        duration: _duration_pb2.Duration | None = ...,
+        units: _builtins.int = ...,
+        amount_micros: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "start_time", b"start_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "duration", b"duration", "endpoint", b"endpoint", "session_id", b"session_id", "start_time", b"start_time", "units", b"units"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvoiceSession: _TypeAlias = InvoiceSession  # noqa: Y015
+
+@_typing.final
+class InvoiceMovement(_message.Message):
+    """A funding, voucher, adjustment or refund on a bill."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    AMOUNT_MICROS_FIELD_NUMBER: _builtins.int
+    CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    TRANSACTION_ID_FIELD_NUMBER: _builtins.int
+    kind: Global___TransactionKind.ValueType
+    """FUND (fundings and vouchers), ADJUST or REFUND."""
+    amount_micros: _builtins.int
+    """Signed, in micro-units: more than 0 credited the account."""
+    description: _builtins.str
+    """What it was: a payment reference, a voucher batch, or the reason given."""
+    transaction_id: _builtins.str
+    """The transaction."""
+    @_builtins.property
+    def create_time(self) -> _timestamp_pb2.Timestamp:
+        """When it was made."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___TransactionKind.ValueType = ...,
+        amount_micros: _builtins.int = ...,
+        create_time: _timestamp_pb2.Timestamp | None = ...,
+        description: _builtins.str = ...,
+        transaction_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount_micros", b"amount_micros", "create_time", b"create_time", "description", b"description", "kind", b"kind", "transaction_id", b"transaction_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InvoiceMovement: _TypeAlias = InvoiceMovement  # noqa: Y015
 
 @_typing.final
 class InvoiceLine(_message.Message):
@@ -833,6 +1110,15 @@ class Invoice(_message.Message):
     CURRENCY_FIELD_NUMBER: _builtins.int
     LINES_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    NUMBER_FIELD_NUMBER: _builtins.int
+    ACCOUNT_NAME_FIELD_NUMBER: _builtins.int
+    OPENING_BALANCE_MICROS_FIELD_NUMBER: _builtins.int
+    FUNDED_MICROS_FIELD_NUMBER: _builtins.int
+    ADJUSTED_MICROS_FIELD_NUMBER: _builtins.int
+    REFUNDED_MICROS_FIELD_NUMBER: _builtins.int
+    CLOSING_BALANCE_MICROS_FIELD_NUMBER: _builtins.int
+    CHARGES_FIELD_NUMBER: _builtins.int
+    MOVEMENTS_FIELD_NUMBER: _builtins.int
     invoice_id: _builtins.str
     """Server-assigned id."""
     account_id: _builtins.str
@@ -841,6 +1127,22 @@ class Invoice(_message.Message):
     """The sum of the lines, in micro-units."""
     currency: _builtins.str
     """ISO 4217 currency code."""
+    number: _builtins.str
+    """Its number, gapless per installation and year, e.g. INV-2026-000123."""
+    account_name: _builtins.str
+    """The account's name for people."""
+    opening_balance_micros: _builtins.int
+    """The balance at period_start, in micro-units."""
+    funded_micros: _builtins.int
+    """Fundings and vouchers in the period, in micro-units."""
+    adjusted_micros: _builtins.int
+    """Adjustments in the period, signed, in micro-units."""
+    refunded_micros: _builtins.int
+    """Refunds in the period, in micro-units."""
+    closing_balance_micros: _builtins.int
+    """The balance at period_end, in micro-units: opening + funded + adjusted + refunded
+    - total_micros.
+    """
     @_builtins.property
     def period_start(self) -> _timestamp_pb2.Timestamp:
         """Start of the period, inclusive."""
@@ -857,6 +1159,14 @@ class Invoice(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """When it was built."""
 
+    @_builtins.property
+    def charges(self) -> _containers.RepeatedCompositeFieldContainer[Global___InvoiceCharge]:
+        """One line per service type and application, with the sessions behind it."""
+
+    @_builtins.property
+    def movements(self) -> _containers.RepeatedCompositeFieldContainer[Global___InvoiceMovement]:
+        """The fundings, vouchers, adjustments and refunds of the period, oldest first."""
+
     def __init__(
         self,
         *,
@@ -868,10 +1178,19 @@ class Invoice(_message.Message):
         currency: _builtins.str = ...,
         lines: _abc.Iterable[Global___InvoiceLine] | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        number: _builtins.str = ...,
+        account_name: _builtins.str = ...,
+        opening_balance_micros: _builtins.int = ...,
+        funded_micros: _builtins.int = ...,
+        adjusted_micros: _builtins.int = ...,
+        refunded_micros: _builtins.int = ...,
+        closing_balance_micros: _builtins.int = ...,
+        charges: _abc.Iterable[Global___InvoiceCharge] | None = ...,
+        movements: _abc.Iterable[Global___InvoiceMovement] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "period_end", b"period_end", "period_start", b"period_start"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "create_time", b"create_time", "currency", b"currency", "invoice_id", b"invoice_id", "lines", b"lines", "period_end", b"period_end", "period_start", b"period_start", "total_micros", b"total_micros"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "account_name", b"account_name", "adjusted_micros", b"adjusted_micros", "charges", b"charges", "closing_balance_micros", b"closing_balance_micros", "create_time", b"create_time", "currency", b"currency", "funded_micros", b"funded_micros", "invoice_id", b"invoice_id", "lines", b"lines", "movements", b"movements", "number", b"number", "opening_balance_micros", b"opening_balance_micros", "period_end", b"period_end", "period_start", b"period_start", "refunded_micros", b"refunded_micros", "total_micros", b"total_micros"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -82,6 +82,16 @@ class BillingManagerStub:
                 request_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.GetInvoiceRequest.SerializeToString,
                 response_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.Invoice.FromString,
                 _registered_method=True)
+        self.ListInvoices = channel.unary_unary(
+                '/meterline.billing.v1.BillingManager/ListInvoices',
+                request_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.ListInvoicesRequest.SerializeToString,
+                response_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.ListInvoicesResponse.FromString,
+                _registered_method=True)
+        self.GetHold = channel.unary_unary(
+                '/meterline.billing.v1.BillingManager/GetHold',
+                request_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.GetHoldRequest.SerializeToString,
+                response_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.Hold.FromString,
+                _registered_method=True)
         self.ListAccounts = channel.unary_unary(
                 '/meterline.billing.v1.BillingManager/ListAccounts',
                 request_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.ListAccountsRequest.SerializeToString,
@@ -177,7 +187,22 @@ class BillingManagerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetInvoice(self, request, context):
-        """A bill built earlier.
+        """A bill built earlier. A device reads only its own account's.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListInvoices(self, request, context):
+        """An account's bills, newest first, a page at a time. A device lists only its own.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetHold(self, request, context):
+        """A hold as it stands now (open, captured or released). Operators and gateways'
+        service managers; a device reads only its own account's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -278,6 +303,16 @@ def add_BillingManagerServicer_to_server(servicer, server):
                     servicer.GetInvoice,
                     request_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.GetInvoiceRequest.FromString,
                     response_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.Invoice.SerializeToString,
+            ),
+            'ListInvoices': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListInvoices,
+                    request_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.ListInvoicesRequest.FromString,
+                    response_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.ListInvoicesResponse.SerializeToString,
+            ),
+            'GetHold': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetHold,
+                    request_deserializer=meterline_dot_billing_dot_v1_dot_billing__pb2.GetHoldRequest.FromString,
+                    response_serializer=meterline_dot_billing_dot_v1_dot_billing__pb2.Hold.SerializeToString,
             ),
             'ListAccounts': grpc.unary_unary_rpc_method_handler(
                     servicer.ListAccounts,
@@ -556,6 +591,60 @@ class BillingManager:
             '/meterline.billing.v1.BillingManager/GetInvoice',
             meterline_dot_billing_dot_v1_dot_billing__pb2.GetInvoiceRequest.SerializeToString,
             meterline_dot_billing_dot_v1_dot_billing__pb2.Invoice.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListInvoices(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.billing.v1.BillingManager/ListInvoices',
+            meterline_dot_billing_dot_v1_dot_billing__pb2.ListInvoicesRequest.SerializeToString,
+            meterline_dot_billing_dot_v1_dot_billing__pb2.ListInvoicesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetHold(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.billing.v1.BillingManager/GetHold',
+            meterline_dot_billing_dot_v1_dot_billing__pb2.GetHoldRequest.SerializeToString,
+            meterline_dot_billing_dot_v1_dot_billing__pb2.Hold.FromString,
             options,
             channel_credentials,
             insecure,

@@ -53,7 +53,13 @@ class BillingManagerStub:
     GenerateInvoice: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GenerateInvoiceRequest, _billing_pb2.Invoice]
     """Builds the bill of a period from the captured charges in it."""
     GetInvoice: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetInvoiceRequest, _billing_pb2.Invoice]
-    """A bill built earlier."""
+    """A bill built earlier. A device reads only its own account's."""
+    ListInvoices: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListInvoicesRequest, _billing_pb2.ListInvoicesResponse]
+    """An account's bills, newest first, a page at a time. A device lists only its own."""
+    GetHold: _grpc.UnaryUnaryMultiCallable[_billing_pb2.GetHoldRequest, _billing_pb2.Hold]
+    """A hold as it stands now (open, captured or released). Operators and gateways'
+    service managers; a device reads only its own account's.
+    """
     ListAccounts: _grpc.UnaryUnaryMultiCallable[_billing_pb2.ListAccountsRequest, _billing_pb2.ListAccountsResponse]
     """The accounts in order of their ids, a page at a time. Operators only."""
     CreateVouchers: _grpc.UnaryUnaryMultiCallable[_billing_pb2.CreateVouchersRequest, _billing_pb2.CreateVouchersResponse]
@@ -103,7 +109,13 @@ class BillingManagerAsyncStub(BillingManagerStub):
     GenerateInvoice: _aio.UnaryUnaryMultiCallable[_billing_pb2.GenerateInvoiceRequest, _billing_pb2.Invoice]  # type: ignore[assignment]
     """Builds the bill of a period from the captured charges in it."""
     GetInvoice: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetInvoiceRequest, _billing_pb2.Invoice]  # type: ignore[assignment]
-    """A bill built earlier."""
+    """A bill built earlier. A device reads only its own account's."""
+    ListInvoices: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListInvoicesRequest, _billing_pb2.ListInvoicesResponse]  # type: ignore[assignment]
+    """An account's bills, newest first, a page at a time. A device lists only its own."""
+    GetHold: _aio.UnaryUnaryMultiCallable[_billing_pb2.GetHoldRequest, _billing_pb2.Hold]  # type: ignore[assignment]
+    """A hold as it stands now (open, captured or released). Operators and gateways'
+    service managers; a device reads only its own account's.
+    """
     ListAccounts: _aio.UnaryUnaryMultiCallable[_billing_pb2.ListAccountsRequest, _billing_pb2.ListAccountsResponse]  # type: ignore[assignment]
     """The accounts in order of their ids, a page at a time. Operators only."""
     CreateVouchers: _aio.UnaryUnaryMultiCallable[_billing_pb2.CreateVouchersRequest, _billing_pb2.CreateVouchersResponse]  # type: ignore[assignment]
@@ -204,7 +216,25 @@ class BillingManagerServicer(metaclass=_abc_1.ABCMeta):
         request: _billing_pb2.GetInvoiceRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_billing_pb2.Invoice, _abc.Awaitable[_billing_pb2.Invoice]]:
-        """A bill built earlier."""
+        """A bill built earlier. A device reads only its own account's."""
+
+    @_abc_1.abstractmethod
+    def ListInvoices(
+        self,
+        request: _billing_pb2.ListInvoicesRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.ListInvoicesResponse, _abc.Awaitable[_billing_pb2.ListInvoicesResponse]]:
+        """An account's bills, newest first, a page at a time. A device lists only its own."""
+
+    @_abc_1.abstractmethod
+    def GetHold(
+        self,
+        request: _billing_pb2.GetHoldRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_billing_pb2.Hold, _abc.Awaitable[_billing_pb2.Hold]]:
+        """A hold as it stands now (open, captured or released). Operators and gateways'
+        service managers; a device reads only its own account's.
+        """
 
     @_abc_1.abstractmethod
     def ListAccounts(

@@ -576,6 +576,8 @@ class ServiceRecord(_message.Message):
     USAGE_DISCREPANCY_FIELD_NUMBER: _builtins.int
     CLIENT_USED_UNITS_FIELD_NUMBER: _builtins.int
     GATEWAY_USED_UNITS_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_DIFFERENCE_MICROS_FIELD_NUMBER: _builtins.int
+    SETTLEMENT_NOTE_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """The session."""
     account_id: _builtins.str
@@ -610,6 +612,15 @@ class ServiceRecord(_message.Message):
     """The device's own final count (0 if it never reported)."""
     gateway_used_units: _builtins.int
     """The gateway's own final count (0 if it never reported)."""
+    settlement_difference_micros: _builtins.int
+    """The usage's charge less what the ledger captured, when someone else (an operator's
+    direct Capture or Release, the hold expiry sweep) closed one of the session's holds
+    before settlement; charged_micros is what was captured. 0 when they agree.
+    """
+    settlement_note: _builtins.str
+    """Why the charge captured differs from the usage's, a sentence; empty when no hold was
+    closed by someone else.
+    """
     @_builtins.property
     def rate(self) -> _rating_pb2.Rate:
         """The rate applied."""
@@ -648,14 +659,74 @@ class ServiceRecord(_message.Message):
         usage_discrepancy: _builtins.int = ...,
         client_used_units: _builtins.int = ...,
         gateway_used_units: _builtins.int = ...,
+        settlement_difference_micros: _builtins.int = ...,
+        settlement_note: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["duration", b"duration", "ended_at", b"ended_at", "rate", b"rate", "started_at", b"started_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "application_id", b"application_id", "billed_units", b"billed_units", "charged_micros", b"charged_micros", "client_used_units", b"client_used_units", "duration", b"duration", "ended_at", b"ended_at", "endpoint", b"endpoint", "gateway_id", b"gateway_id", "gateway_used_units", b"gateway_used_units", "rate", b"rate", "service_type", b"service_type", "session_id", b"session_id", "started_at", b"started_at", "termination_reason", b"termination_reason", "unbilled_reason", b"unbilled_reason", "unbilled_units", b"unbilled_units", "usage_discrepancy", b"usage_discrepancy", "used_units", b"used_units"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "application_id", b"application_id", "billed_units", b"billed_units", "charged_micros", b"charged_micros", "client_used_units", b"client_used_units", "duration", b"duration", "ended_at", b"ended_at", "endpoint", b"endpoint", "gateway_id", b"gateway_id", "gateway_used_units", b"gateway_used_units", "rate", b"rate", "service_type", b"service_type", "session_id", b"session_id", "settlement_difference_micros", b"settlement_difference_micros", "settlement_note", b"settlement_note", "started_at", b"started_at", "termination_reason", b"termination_reason", "unbilled_reason", b"unbilled_reason", "unbilled_units", b"unbilled_units", "usage_discrepancy", b"usage_discrepancy", "used_units", b"used_units"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ServiceRecord: _TypeAlias = ServiceRecord  # noqa: Y015
+
+@_typing.final
+class ListServiceRecordsRequest(_message.Message):
+    """Lists an account's ended services."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_ID_FIELD_NUMBER: _builtins.int
+    PAGE_SIZE_FIELD_NUMBER: _builtins.int
+    PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    account_id: _builtins.str
+    """The account (required)."""
+    page_size: _builtins.int
+    """At most this many (default 50, maximum 500)."""
+    page_token: _builtins.str
+    """From a previous response's next_page_token."""
+    def __init__(
+        self,
+        *,
+        account_id: _builtins.str = ...,
+        page_size: _builtins.int = ...,
+        page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_id", b"account_id", "page_size", b"page_size", "page_token", b"page_token"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServiceRecordsRequest: _TypeAlias = ListServiceRecordsRequest  # noqa: Y015
+
+@_typing.final
+class ListServiceRecordsResponse(_message.Message):
+    """A page of service records, newest first."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RECORDS_FIELD_NUMBER: _builtins.int
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _builtins.int
+    next_page_token: _builtins.str
+    """Pass to get the next page; empty on the last page."""
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceRecord]:
+        """Ordered by ended_at, newest first."""
+
+    def __init__(
+        self,
+        *,
+        records: _abc.Iterable[Global___ServiceRecord] | None = ...,
+        next_page_token: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["next_page_token", b"next_page_token", "records", b"records"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListServiceRecordsResponse: _TypeAlias = ListServiceRecordsResponse  # noqa: Y015
 
 @_typing.final
 class ListActiveSessionsRequest(_message.Message):

@@ -56,6 +56,11 @@ class ServiceManagerStub:
                 request_serializer=meterline_dot_service_dot_v1_dot_service__pb2.ListActiveSessionsRequest.SerializeToString,
                 response_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.ListActiveSessionsResponse.FromString,
                 _registered_method=True)
+        self.ListServiceRecords = channel.unary_unary(
+                '/meterline.service.v1.ServiceManager/ListServiceRecords',
+                request_serializer=meterline_dot_service_dot_v1_dot_service__pb2.ListServiceRecordsRequest.SerializeToString,
+                response_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.ListServiceRecordsResponse.FromString,
+                _registered_method=True)
         self.WatchAccount = channel.unary_stream(
                 '/meterline.service.v1.ServiceManager/WatchAccount',
                 request_serializer=meterline_dot_service_dot_v1_dot_service__pb2.WatchAccountRequest.SerializeToString,
@@ -162,6 +167,14 @@ class ServiceManagerServicer:
 
     def ListActiveSessions(self, request, context):
         """The active end users: user, service type, rate, endpoint, duration.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListServiceRecords(self, request, context):
+        """An account's service records (ended services), newest first, a page at a time. A
+        device lists only its own account's.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -306,6 +319,11 @@ def add_ServiceManagerServicer_to_server(servicer, server):
                     servicer.ListActiveSessions,
                     request_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.ListActiveSessionsRequest.FromString,
                     response_serializer=meterline_dot_service_dot_v1_dot_service__pb2.ListActiveSessionsResponse.SerializeToString,
+            ),
+            'ListServiceRecords': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListServiceRecords,
+                    request_deserializer=meterline_dot_service_dot_v1_dot_service__pb2.ListServiceRecordsRequest.FromString,
+                    response_serializer=meterline_dot_service_dot_v1_dot_service__pb2.ListServiceRecordsResponse.SerializeToString,
             ),
             'WatchAccount': grpc.unary_stream_rpc_method_handler(
                     servicer.WatchAccount,
@@ -493,6 +511,33 @@ class ServiceManager:
             '/meterline.service.v1.ServiceManager/ListActiveSessions',
             meterline_dot_service_dot_v1_dot_service__pb2.ListActiveSessionsRequest.SerializeToString,
             meterline_dot_service_dot_v1_dot_service__pb2.ListActiveSessionsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListServiceRecords(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/meterline.service.v1.ServiceManager/ListServiceRecords',
+            meterline_dot_service_dot_v1_dot_service__pb2.ListServiceRecordsRequest.SerializeToString,
+            meterline_dot_service_dot_v1_dot_service__pb2.ListServiceRecordsResponse.FromString,
             options,
             channel_credentials,
             insecure,

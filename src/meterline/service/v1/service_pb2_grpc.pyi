@@ -45,6 +45,10 @@ class ServiceManagerStub:
     """Ends a service, settles its charge and returns its service record. Repeatable."""
     ListActiveSessions: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListActiveSessionsRequest, _service_pb2.ListActiveSessionsResponse]
     """The active end users: user, service type, rate, endpoint, duration."""
+    ListServiceRecords: _grpc.UnaryUnaryMultiCallable[_service_pb2.ListServiceRecordsRequest, _service_pb2.ListServiceRecordsResponse]
+    """An account's service records (ended services), newest first, a page at a time. A
+    device lists only its own account's.
+    """
     WatchAccount: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchAccountRequest, _service_pb2.AccountEvent]
     """Balance and charge changes of an account, for displays."""
     WatchTerminations: _grpc.UnaryStreamMultiCallable[_service_pb2.WatchTerminationsRequest, _service_pb2.Termination]
@@ -113,6 +117,10 @@ class ServiceManagerAsyncStub(ServiceManagerStub):
     """Ends a service, settles its charge and returns its service record. Repeatable."""
     ListActiveSessions: _aio.UnaryUnaryMultiCallable[_service_pb2.ListActiveSessionsRequest, _service_pb2.ListActiveSessionsResponse]  # type: ignore[assignment]
     """The active end users: user, service type, rate, endpoint, duration."""
+    ListServiceRecords: _aio.UnaryUnaryMultiCallable[_service_pb2.ListServiceRecordsRequest, _service_pb2.ListServiceRecordsResponse]  # type: ignore[assignment]
+    """An account's service records (ended services), newest first, a page at a time. A
+    device lists only its own account's.
+    """
     WatchAccount: _aio.UnaryStreamMultiCallable[_service_pb2.WatchAccountRequest, _service_pb2.AccountEvent]  # type: ignore[assignment]
     """Balance and charge changes of an account, for displays."""
     WatchTerminations: _aio.UnaryStreamMultiCallable[_service_pb2.WatchTerminationsRequest, _service_pb2.Termination]  # type: ignore[assignment]
@@ -202,6 +210,16 @@ class ServiceManagerServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_service_pb2.ListActiveSessionsResponse, _abc.Awaitable[_service_pb2.ListActiveSessionsResponse]]:
         """The active end users: user, service type, rate, endpoint, duration."""
+
+    @_abc_1.abstractmethod
+    def ListServiceRecords(
+        self,
+        request: _service_pb2.ListServiceRecordsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_service_pb2.ListServiceRecordsResponse, _abc.Awaitable[_service_pb2.ListServiceRecordsResponse]]:
+        """An account's service records (ended services), newest first, a page at a time. A
+        device lists only its own account's.
+        """
 
     @_abc_1.abstractmethod
     def WatchAccount(

@@ -1,0 +1,5 @@
+"""`python -m meterline.web`: the end users' web page in the foreground."""
+
+from meterline.web.server import main
+
+main()

@@ -35,7 +35,11 @@ CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
 SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # Clients ping every 20 s (CHANNEL_OPTIONS, the SDK's KeepAliveConfig), also on a
+    # connection with no call open: accept that, or the server answers a third such ping
+    # with GOAWAY "too_many_pings" and every stream on the connection fails.
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
 )
 

@@ -9,6 +9,14 @@ as the process, never from a worker that may end first. Each child leads a proce
 of its own, so a terminal's Ctrl-C reaches only the parent (which stops them in order)
 and a child's own children can be stopped with it. Elsewhere than Linux the signal is not
 available; the data folder's owner record then lets the next start stop what was left.
+
+The signal is asked for by a small bootstrap the child runs before it becomes the real
+program (`python -I -S -c` it, then exec), not by a `preexec_fn`: a `preexec_fn` makes
+Python run its after-fork hooks in the forked child, and gRPC's, run there while other
+threads of this process were inside gRPC, aborted the child now and then ("epoll_wait
+error: Bad file descriptor"). A child started as another user (the embedded PostgreSQL
+when we are root) may not reach this interpreter, and a change of user clears the
+signal: it keeps the `preexec_fn`, which runs after the change.
 """
 
 from __future__ import annotations
@@ -62,12 +70,19 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def die_with_parent(signum: int) -> Callable[[], None] | None:
-    """A `preexec_fn` that makes the child receive `signum` when its parent goes (Linux's
-    PR_SET_PDEATHSIG; None elsewhere). Runs in the forked child: it only calls prctl,
-    getppid and kill, resolved here beforehand."""
-    if not sys.platform.startswith("linux"):
-        return None
+_DIE_WITH_PARENT = (
+    "import ctypes, os, sys\n"
+    "parent, signum = int(sys.argv[1]), int(sys.argv[2])\n"
+    f"ctypes.CDLL(None, use_errno=True).prctl({_PR_SET_PDEATHSIG}, signum, 0, 0, 0)\n"
+    "if os.getppid() != parent:\n"  # the parent died before the prctl took hold
+    "    os.kill(os.getpid(), signum)\n"
+    "os.execvp(sys.argv[3], sys.argv[3:])\n"
+)
+
+
+def _arrange_death_signal(signum: int) -> Callable[[], None]:
+    """A `preexec_fn` doing what the bootstrap does, for a child started as another user.
+    Runs in the forked child: it only calls prctl, getppid and kill, resolved here."""
     prctl = ctypes.CDLL(None, use_errno=True).prctl
     parent = os.getpid()
 
@@ -77,6 +92,17 @@ def die_with_parent(signum: int) -> Callable[[], None] | None:
             os.kill(os.getpid(), signum)
 
     return arrange
+
+
+def die_with_parent(argv: Sequence[str], signum: int) -> list[str]:
+    """`argv`, started so that it receives `signum` when this process goes (Linux's
+    PR_SET_PDEATHSIG, through the bootstrap above; `argv` as it is elsewhere). The
+    interpreter is named by its real path: a child running as another user may not reach
+    a virtualenv's directory."""
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    python = os.path.realpath(sys.executable)
+    return [python, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), str(signum), *argv]
 
 
 class _LastingThread:
@@ -133,10 +159,13 @@ def spawn(
     own, receiving `death_signal` when this process dies (see the module's docstring)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
+    linux = sys.platform.startswith("linux")
+    as_other_user = user is not None and linux
+
     def start() -> subprocess.Popen[bytes]:
         with log_path.open("ab") as log:
             return subprocess.Popen(
-                list(argv),
+                list(argv) if as_other_user else die_with_parent(argv, death_signal),
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -146,7 +175,7 @@ def spawn(
                 group=group,
                 extra_groups=[] if user is not None else None,
                 process_group=0,
-                preexec_fn=die_with_parent(death_signal),
+                preexec_fn=_arrange_death_signal(death_signal) if as_other_user else None,
             )
 
     if threading.current_thread() is threading.main_thread():

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from billing_manager.authentication import Authentication
 from billing_manager.domain.invoices import Invoice, UsageSummary
@@ -129,6 +130,15 @@ def invoice_to_wire(invoice: Invoice) -> billing_pb2.Invoice:
     return wire
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _given_time(stamp: Timestamp, field: str) -> datetime:
+    """A time the request had to set: one set to 1970-01-01T00:00:00Z is that time, not
+    now (`from_timestamp` reads an unset, zero time as now)."""
+    return from_timestamp(stamp, field, default=_EPOCH)
+
+
 def usage_from_wire(usage: billing_pb2.UsageSummary) -> UsageSummary:
     """A Capture's usage summary; its times are both needed."""
     if not usage.HasField("start_time") or not usage.HasField("end_time"):
@@ -140,8 +150,8 @@ def usage_from_wire(usage: billing_pb2.UsageSummary) -> UsageSummary:
         application_id=usage.application_id,
         units=usage.units,
         unit=usage.unit,
-        start_time=from_timestamp(usage.start_time, "usage.start_time"),
-        end_time=from_timestamp(usage.end_time, "usage.end_time"),
+        start_time=_given_time(usage.start_time, "usage.start_time"),
+        end_time=_given_time(usage.end_time, "usage.end_time"),
         charged_micros=usage.charged_micros,
     )
 
@@ -419,8 +429,8 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
             raise InvalidArgument("period_start and period_end are both needed.")
         invoice = await self._ledger.invoices.generate(
             request.account_id,
-            from_timestamp(request.period_start, "period_start"),
-            from_timestamp(request.period_end, "period_end"),
+            _given_time(request.period_start, "period_start"),
+            _given_time(request.period_end, "period_end"),
             request.idempotency_key,
         )
         return invoice_to_wire(invoice)

@@ -207,6 +207,13 @@ async def test_another_accounts_pages_and_a_forged_cookie_are_refused(
         answer = await page.goto(f"{page_url}/accounts/{theirs}{path}")
         assert answer is not None and answer.status == 403, path
     await expect(page.locator("main")).not_to_contain_text(format_money(9_000_000, "EUR"))
+    # What the page never gave out is refused with a page, never a server error: a
+    # non-ASCII account in the URL, a page link that is garbage.
+    odd = await page.goto(f"{page_url}/accounts/{mine}%C3%A9")
+    assert odd is not None and odd.status == 403
+    garbage = await page.goto(f"{page_url}/accounts/{mine}/history?records=garbage")
+    assert garbage is not None and garbage.status == 400
+    await expect(page.locator("main")).to_contain_text("address is not one the page gave out")
     refused = await page.request.post(
         f"{page_url}/accounts/{theirs}/top-up",
         form={"code": "X", "csrf_token": await page_csrf(page, page_url, mine)},

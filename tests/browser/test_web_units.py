@@ -51,6 +51,8 @@ def test_the_csrf_token_must_match_in_full() -> None:
     assert found.csrf_matches(found.csrf_token)
     assert not found.csrf_matches("")
     assert not found.csrf_matches(found.csrf_token[:-1])
+    # Non-ASCII text (a form field or URL is the client's) is no match, not a TypeError.
+    assert not found.csrf_matches("é" * len(found.csrf_token))
     other = sessions.get(_session(sessions))
     assert other is not None and not other.csrf_matches(found.csrf_token)
 

@@ -110,9 +110,17 @@ async def test_generate_list_show_and_render(
         (("generate", "ACCOUNT"), 2, "which period?"),
         (("generate", "ACCOUNT", "--period", "2026-11", "--from", "now"), 2, "not both"),
         (("generate", "ACCOUNT", "--from", "yesterday", "--until", "now"), 2, "is not a time"),
+        (("generate", "A", "--from", "0001-01-01T00:00+01:00", "--until", "now"), 2, "not a time"),
         (("generate", "acct_missing", "--period", "2020-01"), 2, "no account"),
         (("show", "INV-1999-000001"), 2, "no invoice"),
         (("render", "x", "--out", "/nonexistent/dir/bill.pdf"), 2, "does not exist"),
+        # Checked before the bill is fetched (there is no bill INV-1999-000001).
+        (("render", "INV-1999-000001", "--out", "b.pdf", "--locale", "xx_YY"), 2, "not a locale"),
+        (
+            ("render", "INV-1999-000001", "--out", "b.pdf", "--time-zone", "Mars/Base"),
+            2,
+            "not a time zone",
+        ),
     ],
 )
 async def test_bad_input_is_one_line_and_exit_2(

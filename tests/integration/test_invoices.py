@@ -411,6 +411,18 @@ async def test_numbers_have_no_gaps_and_bills_never_change(api: Stubs, stores: S
     assert fetched.number == numbers[0]
 
 
+async def test_a_period_from_the_epoch_starts_at_the_epoch(api: Stubs) -> None:
+    """period_start set to 1970-01-01T00:00:00Z (a zero Timestamp) is that time, not now:
+    the account's whole history is billed."""
+    account = await new_account(api.billing, funded_micros=100)
+    end = await _now_boundary()
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    bill = await api.billing.GenerateInvoice(_generate(account, epoch, end), metadata=OPERATOR)
+    assert bill.period_start.ToDatetime(tzinfo=UTC) == epoch
+    assert (bill.opening_balance_micros, bill.funded_micros) == (0, 100)
+    assert bill.closing_balance_micros == 100
+
+
 async def test_a_device_sees_only_its_own_bills(api: Stubs) -> None:
     mine = await new_account(api.billing, funded_micros=100)
     theirs = await new_account(api.billing, funded_micros=100)

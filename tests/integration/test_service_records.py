@@ -89,6 +89,8 @@ async def test_a_device_lists_only_its_own_accounts_records(api: Stubs) -> None:
         (-1, "", "page_size cannot be negative"),
         (0, "not-a-token", "page_token is not one this service gave out"),
         (0, "bm8tc2VwYXJhdG9y", "page_token is not one this service gave out"),
+        # a NUL hidden inside the base64 text, which the request guard cannot see
+        (0, "MjAyNi0wMS0wMVQwMDowMDowMCswMDowMHxhAA", "page_token is not one this service"),
     ],
 )
 async def test_bad_paging_is_refused_with_a_sentence(

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
+from google.protobuf.timestamp_pb2 import Timestamp
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -21,6 +23,8 @@ from billing_manager.domain.invoices import (
     validate_usage,
 )
 from billing_manager.domain.ledger import TransactionKind
+from billing_manager.grpc_api import usage_from_wire
+from meterline.billing.v1 import billing_pb2
 from meterline.kernel.errors import FailedPrecondition, InvalidArgument
 
 pytestmark = pytest.mark.unit
@@ -217,12 +221,13 @@ def test_numbers() -> None:
         ({"service_type": ""}, "service_type is empty"),
         ({"service_type": OTHER}, "kept for captures"),
         ({"units": -1}, "cannot be negative"),
+        ({"units": 10**15 + 1}, "the most a summary names"),
         ({"charged_micros": -1}, "cannot be negative"),
         ({"endpoint": "x" * 257}, "longer than 256"),
         ({"application_id": "a\nb"}, "control characters"),
     ],
 )
-def test_bad_usage_summaries_are_refused(changes: dict[str, object], message: str) -> None:
+def test_bad_usage_summaries_are_refused(changes: dict[str, Any], message: str) -> None:
     with pytest.raises(InvalidArgument, match=message):
         validate_usage(_usage("ses_1", **changes))
     assert validate_usage(_usage("ses_1")) == _usage("ses_1")
@@ -231,3 +236,17 @@ def test_bad_usage_summaries_are_refused(changes: dict[str, object], message: st
 def test_a_summary_ending_before_it_started_lasts_no_time() -> None:
     skewed = _usage("ses_1", end_time=T0)
     assert validate_usage(skewed).end_time == skewed.start_time
+
+
+def test_a_usage_time_set_to_the_epoch_is_the_epoch() -> None:
+    """A time the request sets is read as sent, 1970-01-01T00:00:00Z too (an unset wire
+    time reads as now elsewhere)."""
+    wire = billing_pb2.UsageSummary(
+        session_id="ses_1",
+        service_type="VOICE",
+        start_time=Timestamp(seconds=0),
+        end_time=Timestamp(seconds=65),
+    )
+    usage = usage_from_wire(wire)
+    assert usage.start_time == datetime(1970, 1, 1, tzinfo=UTC)
+    assert usage.end_time - usage.start_time == timedelta(seconds=65)

@@ -34,6 +34,8 @@ MAX_ENDPOINT_LENGTH = 256
 MAX_APPLICATION_ID_LENGTH = 256
 MAX_UNIT_LENGTH = 32
 MAX_DESCRIPTION_LENGTH = 400
+MAX_UNITS = 10**15
+"""Units one usage summary may name: a bill sums many of them in int64."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +186,8 @@ def validate_usage(usage: UsageSummary) -> UsageSummary:
         raise InvalidArgument(f"usage.service_type {OTHER!r} is kept for captures without usage.")
     if usage.units < 0 or usage.charged_micros < 0:
         raise InvalidArgument("usage.units and usage.charged_micros cannot be negative.")
+    if usage.units > MAX_UNITS:
+        raise InvalidArgument(f"usage.units is more than {MAX_UNITS:,}, the most a summary names.")
     money.check_micros(usage.charged_micros)
     if usage.end_time < usage.start_time:
         # Clocks of two instances (the one that started the session, the one that settled

@@ -17,7 +17,12 @@ from meterline.billing.v1 import billing_pb2
 from meterline.cli.gateways import BAD_INPUT, Cli
 from meterline.cli.prices import quantity
 from meterline.invoices import render_html, render_pdf
-from meterline.invoices.view import DEFAULT_LOCALE, DEFAULT_TIME_ZONE, RenderError
+from meterline.invoices.view import (
+    DEFAULT_LOCALE,
+    DEFAULT_TIME_ZONE,
+    RenderError,
+    check_place,
+)
 from meterline.kernel.money import format_money
 from meterline.kernel.wire import timestamp
 from meterline.rating.v1 import types_pb2
@@ -73,12 +78,13 @@ def moment(text: str, option: str) -> datetime:
         return datetime.now(UTC)
     try:
         when = datetime.fromisoformat(text.strip())
-    except ValueError:
+        # In UTC here: an offset can take a time out of datetime's years ('0001-01-01+01:00').
+        return (when if when.tzinfo else when.replace(tzinfo=UTC)).astimezone(UTC)
+    except (ValueError, OverflowError):
         _lent().fail(
             f"{option} {text!r} is not a time: write 2026-11-01, 2026-11-01T00:00:00+01:00 or now",
             code=BAD_INPUT,
         )
-    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def _period(period: str | None, start: str | None, until: str | None) -> tuple[datetime, datetime]:
@@ -214,6 +220,10 @@ def invoice_render(
     cli = _lent()
     if not out.parent.is_dir():
         cli.fail(f"--out {out}: the folder {out.parent} does not exist", code=BAD_INPUT)
+    try:
+        check_place(locale, time_zone)
+    except RenderError as error:
+        cli.fail(str(error), code=BAD_INPUT)
     invoice: billing_pb2.Invoice = cli.run(lambda client: client.invoice(invoice_id))
     try:
         if output_format is Format.html:

@@ -98,6 +98,13 @@ def _zone(name: str) -> ZoneInfo:
         ) from error
 
 
+def check_place(locale: str, time_zone: str) -> None:
+    """Refuse (RenderError) a locale or time zone no bill can be shown in, before the bill
+    is fetched."""
+    _locale(locale)
+    _zone(time_zone)
+
+
 def _duration(value: timedelta) -> str:
     """'0:01:05', '12:00:00' (hours may pass 24)."""
     seconds = int(value.total_seconds())

@@ -154,13 +154,36 @@ if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
 
 
+def behaviour_kind(handler: Handler) -> str:
+    """The name of the handler's behaviour attribute: "unary_unary", "stream_unary", ..."""
+    return ("stream_" if handler.request_streaming else "unary_") + (
+        "stream" if handler.response_streaming else "unary"
+    )
+
+
+async def responses_of(produced: Any) -> AsyncIterator[Any]:
+    """The responses of a response-streaming behaviour's result, whatever style the
+    servicer is written in: an async generator, a writer-style coroutine, or an iterable."""
+    if inspect.isasyncgen(produced):
+        async for response in produced:
+            yield response
+    elif inspect.isawaitable(produced):
+        await produced  # a writer-style handler
+    elif produced is not None:
+        for response in produced:
+            yield response
+
+
+async def answer_of(answer: Any) -> Any:
+    """A unary behaviour's answer, awaited if the behaviour was a coroutine."""
+    return await answer if inspect.isawaitable(answer) else answer
+
+
 def _guarded(handler: Handler, method: str, warnings: _Warnings) -> Handler:
     """`handler` with a guarded deserializer and, where needed, a behaviour that answers a
     refusal with its status. grpc runs a deserializer before (unary) or while (streams) the
     behaviour runs, and logs a traceback for anything a deserializer raises on its own."""
-    kind = ("stream_" if handler.request_streaming else "unary_") + (
-        "stream" if handler.response_streaming else "unary"
-    )
+    kind = behaviour_kind(handler)
     behaviour = getattr(handler, kind)
     if handler.request_streaming and maps_errors(behaviour):
         # The servicer reads the stream inside its own error mapping: a raised refusal
@@ -195,15 +218,8 @@ def _wrapped(behaviour: Any, request_streaming: bool, response_streaming: bool) 
             elif isinstance(request, Refusal):
                 await abort(context, request.error)
             try:
-                produced = behaviour(request, context)
-                if inspect.isasyncgen(produced):
-                    async for response in produced:
-                        yield response
-                elif inspect.isawaitable(produced):
-                    await produced  # a writer-style handler
-                elif produced is not None:
-                    for response in produced:
-                        yield response
+                async for response in responses_of(behaviour(request, context)):
+                    yield response
             except InvalidArgument as error:
                 await abort(context, error)
 
@@ -215,8 +231,7 @@ def _wrapped(behaviour: Any, request_streaming: bool, response_streaming: bool) 
         elif isinstance(request, Refusal):
             await abort(context, request.error)
         try:
-            answer = behaviour(request, context)
-            return await answer if inspect.isawaitable(answer) else answer
+            return await answer_of(behaviour(request, context))
         except InvalidArgument as error:
             await abort(context, error)
 

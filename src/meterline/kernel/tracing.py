@@ -17,7 +17,6 @@ context" around streams (#2357), and our servers already wrap every handler once
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +32,8 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
 )
 from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from meterline.kernel.request_guard import answer_of, behaviour_kind, responses_of
 
 if TYPE_CHECKING:
     Handler = grpc.RpcMethodHandler[Any, Any]
@@ -182,15 +183,8 @@ def _traced(behaviour: Any, method: str, response_streaming: bool) -> Any:
             span, current, token = _started(method, context)
             error: BaseException | None = None
             try:
-                produced = behaviour(request, context)
-                if inspect.isasyncgen(produced):
-                    async for response in produced:
-                        yield response
-                elif inspect.isawaitable(produced):
-                    await produced  # a writer-style handler
-                elif produced is not None:
-                    for response in produced:
-                        yield response
+                async for response in responses_of(behaviour(request, context)):
+                    yield response
             except BaseException as raised:
                 error = raised
                 raise
@@ -204,8 +198,7 @@ def _traced(behaviour: Any, method: str, response_streaming: bool) -> Any:
         span, current, token = _started(method, context)
         error: BaseException | None = None
         try:
-            answer = behaviour(request, context)
-            return await answer if inspect.isawaitable(answer) else answer
+            return await answer_of(behaviour(request, context))
         except BaseException as raised:
             error = raised
             raise
@@ -236,9 +229,7 @@ class ServerSpans(grpc.aio.ServerInterceptor):  # type: ignore[type-arg]
         known = self._wrapped.get(method)
         if known is not None and known[0] is handler:
             return known[1]
-        kind = ("stream_" if handler.request_streaming else "unary_") + (
-            "stream" if handler.response_streaming else "unary"
-        )
+        kind = behaviour_kind(handler)
         behaviour = getattr(handler, kind)
         if behaviour is None:
             return handler

@@ -118,6 +118,16 @@ async def _call_failed(request: Request, error: Exception) -> Response:
         return _error_page(request, 404, "Not found", "There is no such page on your account.")
     if code is grpc.StatusCode.UNAUTHENTICATED:
         return await _sign_in_required(request, error)
+    if code is grpc.StatusCode.INVALID_ARGUMENT:
+        # What a page passes on that a person can change is its address (a page token of
+        # the history or the bills): one cut short or edited is refused by the service.
+        return _error_page(
+            request,
+            400,
+            "Not understood",
+            "This page's address is not one the page gave out (cut short or changed?); "
+            "start again from your account.",
+        )
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return _error_page(
             request, 503, "Try again shortly", "The billing service cannot be reached just now."

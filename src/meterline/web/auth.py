@@ -7,7 +7,6 @@ IssueToken and acts with exactly a device's rights on its own account."""
 
 from __future__ import annotations
 
-import hmac
 import logging
 import secrets
 import time
@@ -27,7 +26,7 @@ from meterline.web.portal import (
     SignInRequired,
     portal_of,
 )
-from meterline.web.sessions import COOKIE, SIGN_IN_COOKIE, PortalSession
+from meterline.web.sessions import COOKIE, SIGN_IN_COOKIE, PortalSession, same_text
 
 log = logging.getLogger(__name__)
 CSRF_FIELD = "csrf_token"
@@ -56,7 +55,7 @@ def signed_in(request: Request, account_id: str | None = None) -> PortalSession:
     session = current_session(request)
     if session is None:
         raise SignInRequired
-    if account_id is not None and not hmac.compare_digest(account_id, session.account_id):
+    if account_id is not None and not same_text(account_id, session.account_id):
         raise OtherAccount
     return session
 
@@ -107,7 +106,7 @@ async def sign_in(request: Request) -> Response:
     form = await request.form()
     expected = request.cookies.get(SIGN_IN_COOKIE, "")
     given = str(form.get(CSRF_FIELD) or "")
-    if not expected or not given or not hmac.compare_digest(expected, given):
+    if not expected or not given or not same_text(given, expected):
         raise FormRefused
     user = str(form.get("user") or "").strip()
     password = str(form.get("password") or "").strip()

@@ -138,8 +138,3 @@ class PortalServices:
             metadata=bearer(token),
             timeout=TIMEOUT,
         )
-
-
-def refused(error: grpc.aio.AioRpcError) -> bool:
-    """Whether the services refused the caller's rights (as opposed to failing)."""
-    return error.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED)

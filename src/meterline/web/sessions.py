@@ -19,6 +19,15 @@ RENEW_BEFORE_SECONDS = 60.0
 """A token that expires sooner than this is renewed before a call."""
 
 
+def same_text(given: str, expected: str) -> bool:
+    """Whether `given` (the client's: a form field, a cookie, the URL) is `expected`, in
+    constant time. As UTF-8 bytes: hmac.compare_digest refuses non-ASCII str with a
+    TypeError, which would be a 500 for any such input."""
+    return hmac.compare_digest(
+        given.encode("utf-8", "surrogatepass"), expected.encode("utf-8", "surrogatepass")
+    )
+
+
 @dataclass
 class PortalSession:
     """One signed-in browser."""
@@ -36,7 +45,7 @@ class PortalSession:
     """time.monotonic() at which this session ends."""
 
     def csrf_matches(self, given: str) -> bool:
-        return bool(given) and hmac.compare_digest(given, self.csrf_token)
+        return bool(given) and same_text(given, self.csrf_token)
 
     @property
     def token_is_fresh(self) -> bool:

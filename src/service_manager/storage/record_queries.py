@@ -26,6 +26,10 @@ from service_manager.storage.session_store import _record as record_from_row
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 _DIALECT = postgresql.psycopg.dialect()  # type: ignore[no-untyped-call]
+_NOT_OURS = (
+    "page_token is not one this service gave out; pass the next_page_token of the previous "
+    "page, or none for the first page."
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,15 +54,11 @@ class RecordCursor:
             when, _, session_id = text.partition("|")
             ended_at = datetime.fromisoformat(when)
         except (binascii.Error, UnicodeDecodeError, ValueError) as exc:
-            raise InvalidArgument(
-                "page_token is not one this service gave out; pass the next_page_token of "
-                "the previous page, or none for the first page."
-            ) from exc
-        if not session_id or ended_at.tzinfo is None:
-            raise InvalidArgument(
-                "page_token is not one this service gave out; pass the next_page_token of "
-                "the previous page, or none for the first page."
-            )
+            raise InvalidArgument(_NOT_OURS) from exc
+        # A NUL inside the base64 text is out of the request guard's sight and PostgreSQL
+        # cannot take it as a parameter (a DataError, INTERNAL to the caller).
+        if not session_id or "\x00" in session_id or ended_at.tzinfo is None:
+            raise InvalidArgument(_NOT_OURS)
         return cls(ended_at, session_id)
 
 
@@ -107,8 +107,7 @@ class ServiceRecordQueries:
 
         rows = await self._database.run(work)
         records = [record_from_row(row) for row in rows[:limit]]
-        more = len(rows) > limit and records
-        last = records[-1] if more else None
-        return RecordPage(
-            records, RecordCursor(last.ended_at, last.session_id) if last is not None else None
-        )
+        if len(rows) <= limit:  # limit is at least 1 (page_size), so a fuller page has a last
+            return RecordPage(records, None)
+        last = records[-1]
+        return RecordPage(records, RecordCursor(last.ended_at, last.session_id))

@@ -33,8 +33,8 @@ benchmark, not a test. Every measurement stops at --phase-seconds, and the whole
 --time-limit.
 
 With --profile-seconds N, py-spy (from the virtualenv) records the service manager for N
-seconds under 200 lock-step streams, after the closed loops, into service-profile.raw in
-the log directory, and the run prints where its samples fell.
+seconds under 200 lock-step streams (--profile-streams), after the closed loops, into
+service-profile.raw in the log directory, and the run prints where its samples fell.
 """
 
 from __future__ import annotations
@@ -756,7 +756,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> None:
             *counts,
             args.paced_streams if args.paced else 0,
             args.instance_streams // 2,
-            P99_STREAMS if args.profile_seconds > 0 else 0,
+            args.profile_streams if args.profile_seconds > 0 else 0,
         ]
     )
     began = time.perf_counter()
@@ -806,7 +806,7 @@ async def measure(stack: Stack, args: argparse.Namespace) -> None:
         print_cpu(meter, echo)
 
     if args.profile_seconds > 0:
-        await profile(stack, sessions[:P99_STREAMS], args)
+        await profile(stack, sessions[: args.profile_streams], args)
 
     paced_results: tuple[Result, Result] | None = None
     if args.paced:
@@ -890,6 +890,12 @@ def main() -> None:
         type=float,
         default=0.0,
         help="record a py-spy profile of the service manager this long",
+    )
+    parser.add_argument(
+        "--profile-streams",
+        type=int,
+        default=P99_STREAMS,
+        help="lock-step streams during the profile (default 200)",
     )
     parser.add_argument("--echo-server", type=int, metavar="PORT", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -12,7 +12,7 @@ import grpc
 from google.protobuf import duration_pb2
 
 from meterline.kernel.errors import InvalidArgument, Unavailable
-from meterline.kernel.grpc_errors import streaming, unary
+from meterline.kernel.grpc_errors import streaming, unary, writing
 from meterline.kernel.grpc_server import Authenticator
 from meterline.kernel.media import ServiceType
 from meterline.kernel.principals import PrincipalKind
@@ -33,6 +33,8 @@ from service_manager.domain.sessions import TERMINATION_MESSAGES, TerminationRea
 from service_manager.rates import session_rate_to_wire
 from service_manager.storage.record_queries import RecordCursor, ServiceRecordQueries
 from service_manager.storage.record_queries import page_size as record_page_size
+
+EOF: Any = grpc.aio.EOF  # type: ignore[attr-defined]  # what context.read() gives at the end
 
 Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -252,32 +254,37 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
             account_id=session.account_id,
         )
 
-    @streaming
-    async def Meter(
+    @writing
+    async def Meter(  # type: ignore[override]  # the reader-writer style returns nothing
         self,
         request_iterator: AsyncIterator[service_pb2.ResourceUtilizationUpdate],
         context: Context,
-    ) -> AsyncIterator[service_pb2.MeterResponse]:
+    ) -> None:
+        # Reader-writer style: context.read() and context.write() directly, the dearest
+        # part of an update being gRPC's own per-message work (request_iterator is unused).
         principal = self._auth.principal(context)
         metering = self._parts.metering
+        read, write = context.read, context.write
         with self._parts.meter_streams.hold(principal):
             stream = MeterStream(principal)
-            updates = aiter(request_iterator)
             try:
-                update = await anext(updates, None)
-                if update is not None and update.accept_pushes:
-                    async for response in self._meter_with_pushes(stream, update, updates):
-                        yield response
+                update = await read()
+                if update is EOF:
+                    return
+                if update.accept_pushes:
+                    await self._meter_with_pushes(stream, update, context)
                     return
                 meter = metering.update  # called directly: no coroutine of ours between
-                while update is not None:
+                while True:
                     metered = await meter(
                         stream, _session_id(update), update.sequence, update.used_units
                     )
-                    yield metered_to_wire(metered)
+                    await write(metered_to_wire(metered))
                     if metered.termination is not None and metered.termination.ended:
                         return
-                    update = await anext(updates, None)
+                    update = await read()
+                    if update is EOF:
+                        return
             finally:
                 await metering.detach(stream)
 
@@ -292,8 +299,8 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
         self,
         stream: MeterStream,
         first: service_pb2.ResourceUtilizationUpdate,
-        updates: AsyncIterator[service_pb2.ResourceUtilizationUpdate],
-    ) -> AsyncIterator[service_pb2.MeterResponse]:
+        context: Context,
+    ) -> None:
         """A stream that accepts pushes: its updates are read by a task of their own, so a
         push (a new grant after a top-up) goes out while no update is waiting. Answers and
         pushes share one queue, in the order they were made."""
@@ -301,14 +308,14 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
         stream.outbox = outbox
 
         async def read() -> None:
-            update: service_pb2.ResourceUtilizationUpdate | None = first
+            update: Any = first
             try:
-                while update is not None:
+                while update is not EOF:
                     metered = await self._update(stream, update)
                     outbox.put_nowait(metered)
                     if metered.termination is not None and metered.termination.ended:
                         break
-                    update = await anext(updates, None)
+                    update = await context.read()
             except Exception as error:
                 outbox.put_nowait(error)
             outbox.put_nowait(None)  # no more answers
@@ -318,7 +325,7 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
             while (item := await outbox.get()) is not None:
                 if isinstance(item, BaseException):
                     raise item
-                yield metered_to_wire(item)
+                await context.write(metered_to_wire(item))
                 if item.termination is not None and item.termination.ended:
                     return  # answered, or pushed (an account suspended): the session ended
         finally:

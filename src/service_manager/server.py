@@ -60,6 +60,7 @@ from service_manager.storage.record_queries import ServiceRecordQueries
 from service_manager.storage.registry import PostgresGatewayRegistry, PostgresIdentities
 from service_manager.storage.session_store import PostgresSessionStore
 from service_manager.storage.subscriptions import RedisSubscriptions
+from service_manager.storage.watched import WatchedAccounts
 
 log = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "storage" / "migrations"
@@ -133,8 +134,9 @@ async def start(settings: Settings, address: str | None = None) -> ServiceHandle
 
     live = LiveSessions()
     metrics.ACTIVE_SESSIONS.set_function(lambda: len(live))
-    presence = RedisPresence(redis, settings.stores.redis_prefix)
-    subscriptions = RedisSubscriptions(redis, settings.stores.redis_prefix)
+    watched = WatchedAccounts(redis, settings.stores.redis_prefix)
+    presence = RedisPresence(redis, settings.stores.redis_prefix, watched)
+    subscriptions = RedisSubscriptions(redis, settings.stores.redis_prefix, watched)
     quota = Quota(store, peers, live, settings.quota, engine.reserve_ahead_at)
     batcher = UsageBatcher(store, live, engine.usage_flush_ms / 1000)
     notices = GatewayNotices(notice_log)

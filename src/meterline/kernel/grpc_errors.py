@@ -160,6 +160,29 @@ def streaming(
     return wrapper
 
 
+def writing(
+    method: Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]],
+) -> Callable[[Self, Req, grpc.aio.ServicerContext[Any, Any]], Awaitable[None]]:
+    """Wrap a stream method written in the reader-writer style (`context.read()`,
+    `context.write()`) the same way. On a hot stream this style saves gRPC's request
+    iterator and two response generators per message."""
+
+    @functools.wraps(method)
+    async def wrapper(
+        self: Self, request: Req, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> None:
+        context.add_done_callback(metrics.call_done(_rpc_name(self, method), time.perf_counter()))
+        try:
+            await method(self, request, context)
+        except Exception as error:
+            if isinstance(error, grpc.aio.AbortError):
+                raise
+            await abort(context, error, database=_database_of(self), call=method.__qualname__)
+
+    wrapper.maps_errors = True  # type: ignore[attr-defined]
+    return wrapper
+
+
 def maps_errors(behaviour: object) -> bool:
     """Whether a servicer method turns a domain error raised while it reads its request
     stream into its status (`streaming` methods do)."""

@@ -28,6 +28,7 @@ from service_manager.app.ports import ActiveUser
 from service_manager.domain.records import UsageEvent
 from service_manager.domain.sessions import Session
 from service_manager.rates import session_rate_from_json, session_rate_to_json
+from service_manager.storage.watched import WatchedAccounts
 
 log = logging.getLogger(__name__)
 
@@ -109,9 +110,12 @@ def _entry(session: Session) -> dict[FieldT, EncodableT]:
 class RedisPresence:
     """The Presence port on Redis."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, watched: WatchedAccounts | None = None) -> None:
         self._redis = redis
         self.keys = Keys(prefix)
+        self._watched = watched
+        """Given: a session's usage events are published only while its account is
+        watched (on any instance); without: always."""
         self._changes: list[tuple[str, Any]] = []
         self._usage: dict[str, tuple[UsageEvent, int]] = {}
         self._noted: dict[str, float] = {}
@@ -145,9 +149,12 @@ class RedisPresence:
         """The writer: every tick, what changed, in one pipeline."""
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            if not self._changes and not self._usage:
-                continue
             try:
+                if self._watched is not None:
+                    # Also with nothing to send: it renews this instance's own marks.
+                    await self._watched.refresh_when_due()
+                if not self._changes and not self._usage:
+                    continue
                 await self.flush()
                 if self._failing:
                     log.info("presence is written to Redis again")
@@ -212,6 +219,7 @@ class RedisPresence:
         """The usage events of a tick, and the collection's usage figures due, as a few
         script calls on `pipe` (in the order the events were made)."""
         shown, noted, keys = self._shown, self._noted, self.keys
+        watched = None if self._watched is None else self._watched.is_watched
         entries: list[str] = []
         figures: list[int] = []
         channels: list[str] = []
@@ -222,8 +230,9 @@ class RedisPresence:
                 noted[session_id] = now
                 entries.append(keys.session(session_id))
                 figures.append(used)
-            channels.append(keys.account_channel(event.account_id))
-            events.append(usage_event_to_json(event))
+            if watched is None or watched(event.account_id):
+                channels.append(keys.account_channel(event.account_id))
+                events.append(usage_event_to_json(event))
         for start in range(0, len(entries), PER_SCRIPT):
             end = start + PER_SCRIPT
             part = entries[start:end]

@@ -27,6 +27,7 @@ from meterline.kernel.errors import Unavailable
 from service_manager.domain.records import UsageEvent
 from service_manager.domain.sessions import TerminationReason
 from service_manager.storage.presence import Keys
+from service_manager.storage.watched import WatchedAccounts
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +37,10 @@ QUEUE_SIZE = 256
 class RedisSubscriptions:
     """The Subscriptions port on Redis pub/sub."""
 
-    def __init__(self, redis: Redis, prefix: str) -> None:
+    def __init__(self, redis: Redis, prefix: str, watched: WatchedAccounts | None = None) -> None:
         self._pubsub = redis.pubsub()
+        self._watched = watched
+        """Told of every account this instance's watchers follow (storage/watched.py)."""
         self._keys = Keys(prefix)
         self._watchers: dict[str, set[asyncio.Queue[dict[str, Any]]]] = {}
         self._lock = asyncio.Lock()
@@ -85,22 +88,18 @@ class RedisSubscriptions:
             await self._pubsub.aclose()  # type: ignore[no-untyped-call]
 
     def account_events(self, account_id: str) -> AsyncIterator[UsageEvent]:
-        return self._account_events(self._keys.account_channel(account_id))
+        return self._account_events(account_id)
 
-    async def _account_events(self, channel: str) -> AsyncIterator[UsageEvent]:
-        async for data in self._listen(channel):
-            yield UsageEvent(
-                account_id=data["account_id"],
-                session_id=data["session_id"],
-                balance_micros=data["balance_micros"],
-                charged_micros=data["charged_micros"],
-                used_units=data["used_units"],
-                ended=data["ended"],
-                reason=TerminationReason(data["reason"]) if data.get("reason") else None,
-                final_units=data.get("final_units", False),
-                low_balance=data.get("low_balance", False),
-                seconds_left=data.get("seconds_left"),
-            )
+    async def _account_events(self, account_id: str) -> AsyncIterator[UsageEvent]:
+        watched = self._watched
+        if watched is not None:
+            await watched.start(account_id)
+        try:
+            async for data in self._listen(self._keys.account_channel(account_id)):
+                yield _usage_event(data)
+        finally:
+            if watched is not None:
+                watched.stop(account_id)
 
     async def _listen(self, channel: str) -> AsyncIterator[dict[str, Any]]:
         queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(QUEUE_SIZE)
@@ -187,6 +186,21 @@ class RedisSubscriptions:
         self._funding.add(task)
         task.add_done_callback(self._funding.discard)
         task.add_done_callback(_log_failure)
+
+
+def _usage_event(data: dict[str, Any]) -> UsageEvent:
+    return UsageEvent(
+        account_id=data["account_id"],
+        session_id=data["session_id"],
+        balance_micros=data["balance_micros"],
+        charged_micros=data["charged_micros"],
+        used_units=data["used_units"],
+        ended=data["ended"],
+        reason=TerminationReason(data["reason"]) if data.get("reason") else None,
+        final_units=data.get("final_units", False),
+        low_balance=data.get("low_balance", False),
+        seconds_left=data.get("seconds_left"),
+    )
 
 
 def _log_failure(task: asyncio.Task[object]) -> None:

@@ -21,7 +21,7 @@ from billing_manager.domain.ledger import (
 from billing_manager.ledger import Ledger
 from meterline.auth.v1 import auth_pb2, auth_pb2_grpc
 from meterline.billing.v1 import billing_pb2, billing_pb2_grpc
-from meterline.kernel.errors import InvalidArgument, NotFound, PermissionDenied
+from meterline.kernel.errors import InvalidArgument, NotFound, PermissionDenied, required
 from meterline.kernel.grpc_errors import unary
 from meterline.kernel.grpc_server import Authenticator
 from meterline.kernel.principals import PrincipalKind
@@ -218,7 +218,8 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
     async def GetAccount(
         self, request: billing_pb2.GetAccountRequest, context: Context
     ) -> billing_pb2.Account:
-        self._auth.principal(context).require_account(request.account_id)
+        principal = self._auth.principal(context)
+        principal.require_account(required(request.account_id, "account_id", "account"))
         return account_to_wire(await self._ledger.get_account(request.account_id))
 
     @unary
@@ -226,6 +227,7 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         self, request: billing_pb2.FundAccountRequest, context: Context
     ) -> billing_pb2.FundAccountResponse:
         self._auth.principal(context).require_kind(PrincipalKind.OPERATOR, action="fund accounts")
+        required(request.account_id, "account_id", "account to fund")
         transaction, view = await self._ledger.fund(
             request.account_id,
             request.amount_micros,
@@ -266,6 +268,7 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         self, request: billing_pb2.AdjustAccountRequest, context: Context
     ) -> billing_pb2.AdjustAccountResponse:
         self._auth.principal(context).require_kind(PrincipalKind.OPERATOR, action="adjust accounts")
+        required(request.account_id, "account_id", "account to adjust")
         transaction, view = await self._ledger.adjust(
             request.account_id, request.amount_micros, request.reason, request.idempotency_key
         )
@@ -280,6 +283,7 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         self, request: billing_pb2.RefundRequest, context: Context
     ) -> billing_pb2.RefundResponse:
         self._auth.principal(context).require_kind(PrincipalKind.OPERATOR, action="refund")
+        required(request.hold_id, "hold_id", "captured hold to refund")
         transaction, view = await self._ledger.refund(
             request.hold_id, request.amount_micros, request.reason, request.idempotency_key
         )
@@ -296,6 +300,7 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         self._auth.principal(context).require_kind(
             PrincipalKind.OPERATOR, action="change account statuses"
         )
+        required(request.account_id, "account_id", "account whose status to change")
         status = _STATUSES.get(request.status)
         if status is None:
             raise InvalidArgument("status must be ACTIVE, SUSPENDED or CLOSED.")
@@ -310,7 +315,7 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         self, request: billing_pb2.RedeemVoucherRequest, context: Context
     ) -> billing_pb2.RedeemVoucherResponse:
         principal = self._auth.principal(context)
-        principal.require_account(request.account_id)
+        principal.require_account(required(request.account_id, "account_id", "account to fund"))
         transaction, view = await self._ledger.redeem_voucher(
             f"{principal.kind.value}:{principal.subject}", request.account_id, request.code
         )
@@ -326,6 +331,7 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         self, request: billing_pb2.ReserveRequest, context: Context
     ) -> billing_pb2.Hold:
         self._auth.principal(context).require_kind(*MOVERS, action="put holds on accounts")
+        required(request.account_id, "account_id", "account to put the hold on")
         ttl = request.ttl.ToTimedelta().total_seconds() if request.HasField("ttl") else None
         if ttl is not None and ttl != int(ttl):
             raise InvalidArgument("ttl is a whole number of seconds.")
@@ -343,6 +349,7 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         self, request: billing_pb2.CaptureRequest, context: Context
     ) -> billing_pb2.Hold:
         self._auth.principal(context).require_kind(*MOVERS, action="capture holds")
+        required(request.hold_id, "hold_id", "hold to capture")
         hold = await self._ledger.capture(
             request.hold_id,
             request.amount_micros,
@@ -357,6 +364,7 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
     ) -> billing_pb2.Hold:
         principal = self._auth.principal(context)
         principal.require_kind(*MOVERS, PrincipalKind.DEVICE, action="read holds")
+        required(request.hold_id, "hold_id", "hold")
         hold = await self._ledger.get_hold(request.hold_id)
         try:
             principal.require_account(hold.account_id)
@@ -372,13 +380,15 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         self, request: billing_pb2.ReleaseRequest, context: Context
     ) -> billing_pb2.Hold:
         self._auth.principal(context).require_kind(*MOVERS, action="release holds")
+        required(request.hold_id, "hold_id", "hold to release")
         return hold_to_wire(await self._ledger.release(request.hold_id, request.idempotency_key))
 
     @unary
     async def ListLedgerEntries(
         self, request: billing_pb2.ListLedgerEntriesRequest, context: Context
     ) -> billing_pb2.ListLedgerEntriesResponse:
-        self._auth.principal(context).require_account(request.account_id)
+        principal = self._auth.principal(context)
+        principal.require_account(required(request.account_id, "account_id", "account"))
         limit, after = _page(request.page_size, request.page_token)
         try:
             kinds = tuple(
@@ -425,6 +435,7 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         self, request: billing_pb2.GenerateInvoiceRequest, context: Context
     ) -> billing_pb2.Invoice:
         self._auth.principal(context).require_kind(*MOVERS, action="generate bills")
+        required(request.account_id, "account_id", "account to bill")
         if not request.HasField("period_start") or not request.HasField("period_end"):
             raise InvalidArgument("period_start and period_end are both needed.")
         invoice = await self._ledger.invoices.generate(
@@ -440,6 +451,7 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
         self, request: billing_pb2.GetInvoiceRequest, context: Context
     ) -> billing_pb2.Invoice:
         principal = self._auth.principal(context)
+        required(request.invoice_id, "invoice_id", "bill (its id or its number)")
         invoice = await self._ledger.invoices.get(request.invoice_id)
         try:
             principal.require_account(invoice.account_id)
@@ -454,8 +466,10 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
     async def ListInvoices(
         self, request: billing_pb2.ListInvoicesRequest, context: Context
     ) -> billing_pb2.ListInvoicesResponse:
+        principal = self._auth.principal(context)
+        required(request.account_id, "account_id", "account whose bills to list")
         try:
-            self._auth.principal(context).require_account(request.account_id)
+            principal.require_account(request.account_id)
         except PermissionDenied:
             # Another account looks like no account: a device cannot probe for ids.
             raise NotFound(

@@ -11,7 +11,7 @@ from typing import Any
 import grpc
 from google.protobuf import duration_pb2
 
-from meterline.kernel.errors import InvalidArgument, Unavailable
+from meterline.kernel.errors import InvalidArgument, Unavailable, required
 from meterline.kernel.grpc_errors import streaming, unary, writing
 from meterline.kernel.grpc_server import Authenticator
 from meterline.kernel.media import ServiceType
@@ -393,7 +393,7 @@ class ServiceManagerServicer(service_pb2_grpc.ServiceManagerServicer):
         self, request: service_pb2.WatchAccountRequest, context: Context
     ) -> AsyncIterator[service_pb2.AccountEvent]:
         principal = self._auth.principal(context)
-        principal.require_account(request.account_id)
+        principal.require_account(required(request.account_id, "account_id", "account to watch"))
         with self._parts.watches.hold(principal):
             events = self._parts.subscriptions.account_events(request.account_id)
             async for event in events:

@@ -34,6 +34,14 @@ class InvalidArgument(MeterlineError):
     reason = "INVALID_ARGUMENT"
 
 
+def required(value: str, field: str, what: str) -> str:
+    """`value`, unless it is empty: then the caller named nothing, which is their mistake
+    (INVALID_ARGUMENT naming the field), not a thing that does not exist (NOT_FOUND)."""
+    if not value:
+        raise InvalidArgument(f"{field} is missing: name the {what}.", reason="MISSING_FIELD")
+    return value
+
+
 class UsageWentBackwards(InvalidArgument):
     reason = "USAGE_WENT_BACKWARDS"
 

@@ -16,7 +16,10 @@ Python run its after-fork hooks in the forked child, and gRPC's, run there while
 threads of this process were inside gRPC, aborted the child now and then ("epoll_wait
 error: Bad file descriptor"). A child started as another user (the embedded PostgreSQL
 when we are root) may not reach this interpreter, and a change of user clears the
-signal: it keeps the `preexec_fn`, which runs after the change.
+signal: it is started through util-linux's `setpriv`, which changes the user and then
+asks for the signal. Python's own change of user (`user=`) would rule out its vfork, so
+gRPC's fork handlers would run in the child (they aborted it, or the parent, under load).
+Only where `setpriv` is missing does such a child get a `preexec_fn`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import pwd
 import queue
+import shutil
 import signal
 import socket
 import subprocess
@@ -105,6 +110,24 @@ def die_with_parent(argv: Sequence[str], signum: int) -> list[str]:
     return [python, "-I", "-S", "-c", _DIE_WITH_PARENT, str(os.getpid()), str(signum), *argv]
 
 
+def as_user_dying_with_parent(
+    setpriv: str, argv: Sequence[str], uid: int, gid: int | None, signum: int
+) -> list[str]:
+    """`argv` run as user `uid` (group `gid`, or the user's own; no other groups) through
+    setpriv, receiving `signum` when this process goes."""
+    group = gid if gid is not None else pwd.getpwuid(uid).pw_gid
+    name = signal.Signals(signum).name.removeprefix("SIG")
+    return [
+        setpriv,
+        f"--reuid={uid}",
+        f"--regid={group}",
+        "--clear-groups",
+        f"--pdeathsig={name}",
+        "--",
+        *argv,
+    ]
+
+
 class _LastingThread:
     """One daemon thread that forks children for the threads that may end before them."""
 
@@ -159,13 +182,23 @@ def spawn(
     own, receiving `death_signal` when this process dies (see the module's docstring)."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
 
-    linux = sys.platform.startswith("linux")
-    as_other_user = user is not None and linux
+    preexec: Callable[[], None] | None = None
+    if user is not None and sys.platform.startswith("linux"):
+        setpriv = shutil.which("setpriv")
+        if setpriv is not None:
+            # util-linux's setpriv changes the user, then asks for the signal: Python then
+            # forks (vfork) running no after-fork hooks, as for every other child.
+            command = as_user_dying_with_parent(setpriv, argv, user, group, death_signal)
+            user = group = None
+        else:
+            command, preexec = list(argv), _arrange_death_signal(death_signal)
+    else:
+        command = die_with_parent(argv, death_signal)
 
     def start() -> subprocess.Popen[bytes]:
         with log_path.open("ab") as log:
             return subprocess.Popen(
-                list(argv) if as_other_user else die_with_parent(argv, death_signal),
+                command,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -175,7 +208,7 @@ def spawn(
                 group=group,
                 extra_groups=[] if user is not None else None,
                 process_group=0,
-                preexec_fn=_arrange_death_signal(death_signal) if as_other_user else None,
+                preexec_fn=preexec,
             )
 
     if threading.current_thread() is threading.main_thread():

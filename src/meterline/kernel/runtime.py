@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import signal
 import sys
@@ -19,6 +18,23 @@ from meterline.kernel.store_errors import one_line, store_outage
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
+CLOSE_STEP_SECONDS = 10.0
+"""The longest any one step of a shutdown may take (stopping the tasks, one closer)."""
+
+
+def _where(task: asyncio.Task[None]) -> str:
+    """Where a task is waiting: its coroutine and its innermost frame."""
+    frames = task.get_stack()
+    coroutine = getattr(task.get_coro(), "__qualname__", "?")
+    if not frames:
+        return f" ({coroutine})"
+    code, line = frames[-1].f_code, frames[-1].f_lineno
+    return f" ({coroutine}, waiting in {code.co_qualname} at {code.co_filename}:{line})"
+
+
+def _name(close: Callable[[], Awaitable[None]]) -> str:
+    return str(getattr(close, "__qualname__", None) or close)
+
 
 @dataclass
 class ServiceHandle:
@@ -33,14 +49,34 @@ class ServiceHandle:
         return self.server.port
 
     async def close(self, grace: float = 5.0) -> None:
+        """Stop the background tasks, the server (answering what is in flight for up to
+        `grace` seconds) and then each closer in reverse order. Every step is bounded, so
+        a shutdown always ends: a step that does not finish in time is named in the log
+        and left behind."""
         for task in self.tasks:
             task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        if self.tasks:
+            _, pending = await asyncio.wait(self.tasks, timeout=CLOSE_STEP_SECONDS)
+            for task in pending:
+                log.warning(
+                    "shutdown: background task %s did not stop; left%s",
+                    task.get_name(),
+                    _where(task),
+                )
+            for task in self.tasks:
+                if task.done() and not task.cancelled() and task.exception() is not None:
+                    log.warning(
+                        "shutdown: background task %s had failed: %s",
+                        task.get_name(),
+                        task.exception(),
+                    )
         await self.server.stop(grace)
         for close in reversed(self.closers):
-            await close()
+            try:
+                async with asyncio.timeout(CLOSE_STEP_SECONDS):
+                    await close()
+            except TimeoutError:
+                log.warning("shutdown: %s took over %g s; left", _name(close), CLOSE_STEP_SECONDS)
 
 
 def run(main: Coroutine[Any, Any, T]) -> T:

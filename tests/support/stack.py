@@ -44,9 +44,16 @@ def settings_for(stores: StoreUrls, endpoints: Endpoints | None = None) -> Setti
     )
 
 
+SUITE_TOKEN_TTL = timedelta(hours=12)
+"""The shared operator token is made once, when the tests are collected: it must outlast
+the whole run however slow the machine (a token of the default 15 minutes expired in the
+middle of a 19-minute run)."""
+
+
 def operator_token(secret: str = TOKEN_SECRET) -> str:
     signer = TokenSigner(secret)
-    return signer.issue(Principal(kind=PrincipalKind.OPERATOR, subject="test-operator")).token
+    principal = Principal(kind=PrincipalKind.OPERATOR, subject="test-operator")
+    return signer.issue(principal, SUITE_TOKEN_TTL).token
 
 
 def token_for(principal: Principal, ttl: timedelta | None = None) -> str:

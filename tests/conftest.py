@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 import pytest
 
 from tests.support.clients import Stubs, stubs
+from tests.support.exclusive import machine_share
 from tests.support.stack import InProcessStack, start_in_process
 from tests.support.stores import StoreUrls, test_stores
 
@@ -33,3 +34,10 @@ async def api(stack: InProcessStack) -> AsyncIterator[Stubs]:
         yield connected
     finally:
         await connected.close()
+
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None) -> Iterator[None]:
+    """Outside pytest-timeout's timer: waiting for the machine is not the test's time."""
+    with machine_share(exclusive=item.get_closest_marker("exclusive") is not None):
+        yield

@@ -41,7 +41,8 @@ from tests.support.clients import OPERATOR
 from tests.support.stack import environment, metadata, token_for, wait_for
 from tests.support.stores import StoreUrls
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
+# Eight processes with their own connections: alone.
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive, pytest.mark.timeout(120)]
 
 WORKERS = 8
 CALLS_PER_WORKER = 200

@@ -29,7 +29,8 @@ from meterline.kernel.db import create_engine_for, libpq_dsn
 from meterline.kernel.errors import FailedPrecondition, InsufficientFunds
 from tests.support.stores import StoreUrls
 
-pytestmark = pytest.mark.integration
+# Many connections at once: alone.
+pytestmark = [pytest.mark.integration, pytest.mark.exclusive]
 T = TypeVar("T")
 LIMIT = 1_000
 

@@ -42,6 +42,8 @@ Connection = psycopg.AsyncConnection[dict[str, Any]]
 
 # Seconds a call may wait for a free pooled connection before it is UNAVAILABLE ("busy").
 POOL_TIMEOUT_SECONDS = 5.0
+# Seconds a connection beyond the pool's min_size may stay idle before it is closed.
+IDLE_SECONDS = 60.0
 
 
 def _adapters() -> AdaptersMap:
@@ -97,6 +99,9 @@ class PooledDatabase:
             },
             open=False,
             timeout=self._timeout,
+            # Connections a burst opened beyond min_size go after a minute idle (psycopg's
+            # default is ten), so a quiet instance does not keep PostgreSQL's slots.
+            max_idle=IDLE_SECONDS,
             name=self._name,
         )
 

@@ -230,6 +230,15 @@ class Stack:
             return int(psutil.Process(self.processes["service"].pid).memory_info().rss)
         return None
 
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time (user + system) each service process has used so far."""
+        used = {}
+        for role in ("service", "billing", "rating"):
+            with contextlib.suppress(psutil.Error, KeyError):
+                times = psutil.Process(self.processes[role].pid).cpu_times()
+                used[role] = times.user + times.system
+        return used
+
     def stop(self) -> None:
         stop_processes(list(self.processes.values()))
 
@@ -474,6 +483,7 @@ async def measure(stack: Stack, args: argparse.Namespace, began_run: float) -> N
             started[index] = answer.session_id
 
         starts = Paced()
+        cpu_before = stack.cpu_seconds()
         sampling = asyncio.create_task(sample_during_starts(stack, starts, began_run))
         try:
             await paced_calls(len(to_start), args.start_rate, start, starts)
@@ -482,6 +492,7 @@ async def measure(stack: Stack, args: argparse.Namespace, began_run: float) -> N
             with contextlib.suppress(asyncio.CancelledError):
                 await sampling
         after_starts = stack.rss()
+        cpu_after = stack.cpu_seconds()
         print(
             f"\nstarts at {args.start_rate:,.0f}/s, open loop, {len(to_start):,} of them "
             f"({starts.late:,} launched more than 5 ms late)"
@@ -491,6 +502,25 @@ async def measure(stack: Stack, args: argparse.Namespace, began_run: float) -> N
         ratio_p50 = percentile(starts.latencies, 0.5) / percentile(echo_result.latencies, 0.5)
         ratio_p99 = percentile(starts.latencies, 0.99) / percentile(echo_result.latencies, 0.99)
         print(f"  {'ratio':<13} p50 {ratio_p50:7.1f} x      p99 {ratio_p99:7.1f} x")
+        answered = max(len(starts.latencies), 1)
+        per_start = {
+            role: (cpu_after[role] - cpu_before[role]) / answered * 1e6
+            for role in cpu_after
+            if role in cpu_before
+        }
+        print(
+            "  CPU per start "
+            + ", ".join(f"{role} {micros:,.0f} us" for role, micros in per_start.items())
+            + f" (total {sum(per_start.values()):,.0f} us of {os.cpu_count()} cores' "
+            f"{1e6 * (os.cpu_count() or 1) / args.start_rate:,.0f} us per start at this pace)"
+        )
+        # A start is three unary calls one after another: the client's to the service
+        # manager, the service manager's GetAccount and GetRate (side by side), its Reserve.
+        floor = 3 * percentile(echo_result.latencies, 0.5)
+        print(
+            f"  {'floor':<13} p50 {ms(floor)} ms: three echo round trips in sequence, what "
+            "this design costs before any database work"
+        )
         for window, p50, p99, count in starts.windows(SAMPLE_SECONDS):
             print(
                 f"  {'':<13} launched at {window:4.0f}-{window + SAMPLE_SECONDS:3.0f} s: "

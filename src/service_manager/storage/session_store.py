@@ -300,40 +300,34 @@ class PostgresSessionStore:
         amount: int,
         granted_after: int,
     ) -> Session | None:
-        async def work(conn: Connection) -> Session | None:
-            async with conn.transaction():
-                current = await (
-                    await conn.execute(
-                        "SELECT hold_count FROM sessions WHERE session_id = %s AND status = %s "
-                        "AND owner_epoch = %s FOR UPDATE",
-                        (session_id, fence.status.value, fence.epoch),
-                    )
-                ).fetchone()
-                if current is None:
-                    return None
-                if hold_id and current["hold_count"] < number:
-                    await conn.execute(
-                        "INSERT INTO session_holds (session_id, hold_number, hold_id, "
-                        "amount_micros, granted_units_after) VALUES (%s, %s, %s, %s, %s) "
-                        "ON CONFLICT DO NOTHING",
-                        (session_id, number, hold_id, amount, granted_after),
-                    )
-                    added, count = amount, number
-                else:
-                    added, count = 0, current["hold_count"]
-                row = await (
-                    await conn.execute(
-                        "UPDATE sessions SET held_micros = held_micros + %s, hold_count = %s, "
-                        "granted_units = greatest(granted_units, %s), pending_hold_number = 0, "
-                        "pending_hold_micros = 0, pending_granted_units = 0 "
-                        f"WHERE session_id = %s RETURNING {_SESSION_COLUMNS}",
-                        (added, count, granted_after, session_id),
-                    )
-                ).fetchone()
-                assert row is not None
-                return _session(row)
-
-        return await self._run(work)
+        # One statement (one round trip, its own transaction): lock the session if this
+        # fence still holds it, add the hold unless it is already counted, and clear the
+        # pending one.
+        row = await self._one(
+            "WITH current AS (SELECT hold_count FROM sessions WHERE session_id = %(sid)s "
+            "AND status = %(status)s AND owner_epoch = %(epoch)s FOR UPDATE), "
+            "grow AS (SELECT %(hold_id)s <> '' AND hold_count < %(number)s AS adds "
+            "FROM current), "
+            "added AS (INSERT INTO session_holds (session_id, hold_number, hold_id, "
+            "amount_micros, granted_units_after) SELECT %(sid)s, %(number)s, %(hold_id)s, "
+            "%(amount)s, %(granted)s FROM grow WHERE adds ON CONFLICT DO NOTHING) "
+            "UPDATE sessions SET "
+            "held_micros = held_micros + CASE WHEN grow.adds THEN %(amount)s ELSE 0 END, "
+            "hold_count = CASE WHEN grow.adds THEN %(number)s ELSE hold_count END, "
+            "granted_units = greatest(granted_units, %(granted)s), pending_hold_number = 0, "
+            "pending_hold_micros = 0, pending_granted_units = 0 "
+            f"FROM grow WHERE session_id = %(sid)s RETURNING {_SESSION_COLUMNS}",
+            {
+                "sid": session_id,
+                "status": fence.status.value,
+                "epoch": fence.epoch,
+                "hold_id": hold_id,
+                "number": number,
+                "amount": amount,
+                "granted": granted_after,
+            },
+        )
+        return None if row is None else _session(row)
 
     async def clear_pending_hold(self, session_id: str, fence: Fence) -> bool:
         row = await self._one(

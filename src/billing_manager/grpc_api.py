@@ -316,14 +316,17 @@ class BillingServicer(billing_pb2_grpc.BillingManagerServicer):
     ) -> billing_pb2.RedeemVoucherResponse:
         principal = self._auth.principal(context)
         principal.require_account(required(request.account_id, "account_id", "account to fund"))
-        transaction, view = await self._ledger.redeem_voucher(
+        redeemed = await self._ledger.redeem_voucher(
             f"{principal.kind.value}:{principal.subject}", request.account_id, request.code
         )
-        # The same event as FundAccount's: a session in its final units gets its next slice.
+        # The same event as FundAccount's: a session in its final units gets its next slice
+        # (again on a repeat: harmless, and it repairs an event the first call lost).
         if self._funded is not None:
             self._funded(request.account_id)
         return billing_pb2.RedeemVoucherResponse(
-            transaction=transaction_to_wire(transaction), account=account_to_wire(view)
+            transaction=transaction_to_wire(redeemed.transaction),
+            account=account_to_wire(redeemed.account),
+            already_redeemed=redeemed.already_redeemed,
         )
 
     @unary

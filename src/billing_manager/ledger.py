@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -96,6 +97,15 @@ def _voucher_refusal(outcome: Outcome, account_id: str) -> MeterlineError | None
             reason="CURRENCY_MISMATCH",
         )
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class Redemption:
+    transaction: Transaction
+    """The funding: this one, or the first one if the voucher had funded the account."""
+    account: AccountView
+    already_redeemed: bool
+    """The voucher had funded this account before: nothing moved now."""
 
 
 class Ledger:
@@ -331,11 +341,10 @@ class Ledger:
             )
         return self._voucher_secret
 
-    async def redeem_voucher(
-        self, caller: str, account_id: str, code: str
-    ) -> tuple[Transaction, AccountView]:
-        """Fund the account with the voucher, once per voucher. `caller` names the
-        credential, whose refused codes are counted (GuessThrottle)."""
+    async def redeem_voucher(self, caller: str, account_id: str, code: str) -> Redemption:
+        """Fund the account with the voucher, once per voucher (a repeat on the same
+        account answers with the first funding). `caller` names the credential, whose
+        refused codes are counted (GuessThrottle)."""
         self._throttle.check(caller, self._clock())
         try:
             voucher_hash = voucher_rules.code_hash(self._require_voucher_secret(), code)
@@ -378,7 +387,9 @@ class Ledger:
                 voucher.amount_micros,
                 voucher.batch_id,
             )
-        return movement.transaction, movement.account
+        return Redemption(
+            movement.transaction, movement.account, already_redeemed=outcome is Outcome.RECORDED
+        )
 
     async def adjust(
         self, account_id: str, amount: int, reason: str, key: str

@@ -189,10 +189,15 @@ async def test_a_voucher_redeemed_on_the_page_raises_the_balance_in_place(
     await expect(page.locator("#balance")).to_have_text(format_money(3_500_000, "EUR"))
     await assert_not_reloaded(page)
 
+    # The same code again (a second press, a retry): told so, and nothing is added.
     await page.get_by_label("Voucher code").fill(batch.codes[0])
     await page.get_by_role("button", name="Redeem").click()
-    await expect(page.locator("#top-up-result")).not_to_contain_text("Voucher redeemed")
+    await expect(page.locator("#top-up-result")).to_contain_text(
+        "This voucher was already redeemed for this account", timeout=WAIT_MS
+    )
+    await expect(page.locator("#top-up-result")).to_contain_text("nothing was added")
     await expect(page.locator("#available")).to_have_text(format_money(3_500_000, "EUR"))
+    await expect(page.locator("#balance")).to_have_text(format_money(3_500_000, "EUR"))
 
 
 async def test_another_accounts_pages_and_a_forged_cookie_are_refused(

@@ -61,6 +61,11 @@ async def test_vouchers_made_into_a_csv_and_redeemed(stack: InProcessStack, tmp_
     account_id = await _account(stack)
     code, out, err = await meterline(stack, "voucher", "redeem", account_id, rows[0]["code"])
     assert code == 0, err
+    assert "funded 10.00" in out and "balance 10.00" in out
+    # Again on the same account: a safe repeat, and the output says nothing was added.
+    code, out, err = await meterline(stack, "voucher", "redeem", account_id, rows[0]["code"])
+    assert code == 0, err
+    assert "already redeemed for this account" in out and "nothing added" in out
     assert "balance 10.00" in out
     code, _, err = await meterline(
         stack, "voucher", "redeem", await _account(stack), rows[0]["code"]

@@ -101,6 +101,7 @@ async def test_a_device_redeems_a_voucher_on_its_own_account_once(
         typed = batch.codes[0].lower().replace("-", " ")
         first = await _redeem(api, account_id, typed, device)
         assert first.account.balance_micros == 10_000_000
+        assert not first.already_redeemed
         assert first.transaction.kind == billing_pb2.TRANSACTION_KIND_FUND
         assert batch.codes[0] not in first.transaction.idempotency_key
         # The same event as FundAccount's, for the service managers.
@@ -117,6 +118,8 @@ async def test_a_device_redeems_a_voucher_on_its_own_account_once(
     # A retry (the answer was lost) returns the first result and funds nothing more.
     again = await _redeem(api, account_id, batch.codes[0], device)
     assert again.transaction.transaction_id == first.transaction.transaction_id
+    assert again.already_redeemed  # so a person can be told nothing was added
+    assert again.account.balance_micros == 10_000_000
     assert await _balance(api, account_id) == 10_000_000
 
     # Anyone else: used.

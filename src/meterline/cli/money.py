@@ -269,11 +269,16 @@ def voucher_redeem(
         lambda client: client.redeem_voucher(account_id, code)
     )
     account = response.account
+    funded = format_money(response.transaction.amount_micros, account.currency, exact=True)
     cli.emit(
         as_json,
         MessageToDict(response, preserving_proto_field_name=True),
-        f"funded {format_money(response.transaction.amount_micros, account.currency, exact=True)}; "
-        f"balance {format_money(account.balance_micros, account.currency, exact=True)} "
+        (
+            f"already redeemed for this account (funded {funded} then); nothing added"
+            if response.already_redeemed
+            else f"funded {funded}"
+        )
+        + f"; balance {format_money(account.balance_micros, account.currency, exact=True)} "
         f"(transaction {response.transaction.transaction_id})",
     )
 

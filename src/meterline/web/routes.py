@@ -189,6 +189,9 @@ async def top_up(request: Request) -> Response:
     if not redeemed.transaction.amount_micros:
         funded = ""
     message = f"Voucher redeemed{': ' + funded if funded else ''}."
+    if redeemed.already_redeemed:
+        then = f" ({funded})" if funded else ""
+        message = f"This voucher was already redeemed for this account{then}; nothing was added."
     if not wants_json:
         return RedirectResponse(f"/accounts/{account_id}", status_code=303)
     return JSONResponse({"message": message, "account": account_view(account)})

@@ -1308,6 +1308,11 @@ class RedeemVoucherResponse(_message.Message):
 
     TRANSACTION_FIELD_NUMBER: _builtins.int
     ACCOUNT_FIELD_NUMBER: _builtins.int
+    ALREADY_REDEEMED_FIELD_NUMBER: _builtins.int
+    already_redeemed: _builtins.bool
+    """True when this voucher had already funded this account: `transaction` is that first
+    funding and nothing moved now (a retry is safe; the balance is unchanged).
+    """
     @_builtins.property
     def transaction(self) -> Global___Transaction:
         """The FUND transaction (its idempotency key names the voucher, never its code)."""
@@ -1321,10 +1326,11 @@ class RedeemVoucherResponse(_message.Message):
         *,
         transaction: Global___Transaction | None = ...,
         account: Global___Account | None = ...,
+        already_redeemed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "transaction", b"transaction"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "transaction", b"transaction"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "already_redeemed", b"already_redeemed", "transaction", b"transaction"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

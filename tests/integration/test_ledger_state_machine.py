@@ -94,7 +94,9 @@ def test_the_ledger_keeps_its_invariants_under_random_interleavings(stores: Stor
         def redeem(self, account: int, voucher: int) -> None:
             code = self.voucher_codes[voucher]
             try:
-                made, _ = run(ledger.redeem_voucher(uuid.uuid4().hex, self.accounts[account], code))
+                made = run(
+                    ledger.redeem_voucher(uuid.uuid4().hex, self.accounts[account], code)
+                ).transaction
             except FailedPrecondition as refused:
                 assert refused.reason == "VOUCHER_USED"
                 assert self.redeemed[voucher] != account

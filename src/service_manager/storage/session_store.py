@@ -20,7 +20,7 @@ from psycopg_pool import AsyncConnectionPool
 from meterline.kernel import metrics
 from meterline.kernel.db import libpq_dsn
 from meterline.kernel.media import ServiceType
-from meterline.kernel.pg_pool import run_on_pool
+from meterline.kernel.pg_pool import IDLE_SECONDS, run_on_pool
 from service_manager.app.ports import Fence, Ownership, UsageWrite
 from service_manager.domain.notices import GatewayNotice
 from service_manager.domain.records import ServiceRecord
@@ -112,6 +112,7 @@ class PostgresSessionStore:
             kwargs={"autocommit": True, "row_factory": dict_row, "connect_timeout": 5},
             open=False,
             timeout=10,
+            max_idle=IDLE_SECONDS,
         )
         # Usage batches need not wait for the WAL flush: usage is cumulative, and the
         # client's next update repairs a batch lost in a crash of the database itself.
@@ -127,6 +128,7 @@ class PostgresSessionStore:
             },
             open=False,
             timeout=10,
+            max_idle=IDLE_SECONDS,
         )
         metrics.track_pool("sessions", self._pool, metrics.psycopg_usage)
         metrics.track_pool("usage batches", self._usage_pool, metrics.psycopg_usage)

@@ -40,7 +40,7 @@ def verdict(met: bool) -> str:
 
 def describe(error: BaseException) -> str:
     if isinstance(error, grpc.aio.AioRpcError):
-        return f"{error.code().name}: {error.details()}"
+        return f"{error.code().name}: {error.details()} [{error.debug_error_string()}]"
     if isinstance(error, TimeoutError):
         return "no answer (or end of stream) within the bench's time limit"
     return f"{type(error).__name__}: {error}"
@@ -52,6 +52,7 @@ class Failures:
     first: str = ""
     kinds: dict[str, int] = field(default_factory=dict)
     """Count per gRPC status (or exception type)."""
+    first_of_kind: dict[str, str] = field(default_factory=dict)
 
     def add(self, error: BaseException) -> None:
         self.count += 1
@@ -62,12 +63,19 @@ class Failures:
         else:
             kind = type(error).__name__
         self.kinds[kind] = self.kinds.get(kind, 0) + 1
+        self.first_of_kind.setdefault(kind, describe(error))
 
     def text(self) -> str:
         if not self.count:
             return "none"
         kinds = ", ".join(f"{kind} {count:,}" for kind, count in sorted(self.kinds.items()))
-        return f"{self.count:,} ({kinds}; first: {self.first})"
+        text = f"{self.count:,} ({kinds}; first: {self.first})"
+        if len(self.kinds) > 1:
+            others = "; ".join(
+                message for message in self.first_of_kind.values() if message != self.first
+            )
+            text += f"; first of each other kind: {others}"
+        return text
 
 
 def device_metadata(account_id: str) -> Metadata:

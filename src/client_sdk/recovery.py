@@ -4,13 +4,16 @@ on another server if this one failed), refresh the token and try once more, or t
 jittered exponential backoff (tenacity), bounded in attempts and time by `RetryConfig`.
 
     recover     UNAVAILABLE, DEADLINE_EXCEEDED, a connection that broke under a stream,
-                an update not acknowledged within its deadline
+                an update not acknowledged within its deadline, CANCELLED by the server
     refresh     UNAUTHENTICATED with reason TOKEN_EXPIRED (once per operation)
-    terminate   everything else: INTERNAL, UNKNOWN, CANCELLED by the server,
-                INVALID_ARGUMENT, FAILED_PRECONDITION, NOT_FOUND, PERMISSION_DENIED, ...
+    terminate   everything else: INTERNAL, UNKNOWN, INVALID_ARGUMENT,
+                FAILED_PRECONDITION, NOT_FOUND, PERMISSION_DENIED, ...; CANCELLED by us
 
 A server bug (INTERNAL) would answer the same on every server, so it is not retried; a
-server that cannot be reached or does not answer in time is left for the next one."""
+server that cannot be reached or does not answer in time is left for the next one.
+Meterline's servers never answer CANCELLED themselves: a CANCELLED that this process did
+not ask for is the server's gRPC core dropping the call (a backlog beyond its queue, or
+calls still open when it shut down), which another attempt cures."""
 
 from __future__ import annotations
 
@@ -35,7 +38,11 @@ from client_sdk.errors import MeterlineClientError, ServersUnavailable, error_re
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-RECOVERABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+RECOVERABLE_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED}
+)
+LOCAL_CANCELLATION = "Locally cancelled by application!"
+"""grpc.aio's details of a call this process cancelled: that one is not retried."""
 TOKEN_EXPIRED = "TOKEN_EXPIRED"
 SESSION_MOVED = "SESSION_MOVED"
 """The server let the session go to another instance: open the stream again (anywhere)."""
@@ -62,6 +69,8 @@ def decide(error: BaseException) -> Decision:
         return Decision.RECOVER
     if isinstance(error, grpc.aio.AioRpcError):
         code = error.code()
+        if code is grpc.StatusCode.CANCELLED and error.details() == LOCAL_CANCELLATION:
+            return Decision.TERMINATE
         if code in RECOVERABLE_CODES:
             return Decision.RECOVER
         if code is grpc.StatusCode.UNAUTHENTICATED and error_reason(error) == TOKEN_EXPIRED:

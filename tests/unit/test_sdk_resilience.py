@@ -214,7 +214,9 @@ async def test_health_checker_closes_healthy_half_open_circuits_only() -> None:
         (grpc.StatusCode.INTERNAL, "INTERNAL", Decision.TERMINATE),
         (grpc.StatusCode.INTERNAL, "", Decision.TERMINATE),
         (grpc.StatusCode.UNKNOWN, "", Decision.TERMINATE),
-        (grpc.StatusCode.CANCELLED, "", Decision.TERMINATE),
+        # Our servers never send CANCELLED: their gRPC core dropped the call (a backlog
+        # beyond its queue, or a shutdown), which another attempt cures.
+        (grpc.StatusCode.CANCELLED, "", Decision.RECOVER),
         (grpc.StatusCode.INVALID_ARGUMENT, "USAGE_WENT_BACKWARDS", Decision.TERMINATE),
         (grpc.StatusCode.FAILED_PRECONDITION, "INSUFFICIENT_FUNDS", Decision.TERMINATE),
         (grpc.StatusCode.NOT_FOUND, "SESSION_NOT_FOUND", Decision.TERMINATE),
@@ -226,6 +228,12 @@ def test_the_policy_decides_per_status(
     code: grpc.StatusCode, reason: str, decision: Decision
 ) -> None:
     assert decide(rpc_error(code, reason)) is decision
+
+
+def test_a_call_this_process_cancelled_is_not_tried_again() -> None:
+    local = rpc_error(grpc.StatusCode.CANCELLED, details=recovery.LOCAL_CANCELLATION)
+    assert decide(local) is Decision.TERMINATE
+    assert decide(rpc_error(grpc.StatusCode.CANCELLED, details="CANCELLED")) is Decision.RECOVER
 
 
 def test_transport_failures_recover_and_a_moved_session_does_not_blame_the_server() -> None:

@@ -22,6 +22,10 @@ log = logging.getLogger(__name__)
 
 # Messages above this are refused with RESOURCE_EXHAUSTED before they reach a servicer.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# Calls a server lets wait to be taken up before it starts cancelling new ones at random
+# (and, from the hard limit, all of them). See SERVER_OPTIONS.
+MAX_PENDING_CALLS = 20_000
+MAX_PENDING_CALLS_HARD = 30_000
 
 CHANNEL_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -41,6 +45,13 @@ SERVER_OPTIONS: Sequence[tuple[str, Any]] = (
     ("grpc.http2.min_ping_interval_without_data_ms", 10_000),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.so_reuseport", 0),
+    # Calls that arrived but that the event loop has not taken up yet. gRPC's defaults
+    # (1,000, then at random up to 3,000, then every one) cancel the rest with a bare
+    # CANCELLED, which a device cannot tell from a server that dropped it: thousands of
+    # devices reconnecting at once after a failover are expected, and their calls should
+    # wait (each has its deadline) rather than be shed. About 16 KB per waiting call.
+    ("grpc.server.max_pending_requests", MAX_PENDING_CALLS),
+    ("grpc.server.max_pending_requests_hard_limit", MAX_PENDING_CALLS_HARD),
 )
 
 

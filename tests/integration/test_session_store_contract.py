@@ -235,6 +235,25 @@ async def test_each_take_over_raises_the_epoch(store: SessionStore) -> None:
     assert await store.take_over(session.session_id, "sm-b") is None
 
 
+async def test_many_sessions_are_read_and_taken_over_in_one_call(store: SessionStore) -> None:
+    active, other, ended = await inserted(store), await inserted(store), await inserted(store)
+    assert await store.claim_settlement(ended.session_id, 0, TerminationReason.CLIENT_STOP)
+    ended_epoch = (await get(store, ended.session_id)).owner_epoch
+    ids = [active.session_id, other.session_id, ended.session_id, "ses_missing"]
+
+    found = await store.get_many(ids)
+    assert set(found) == {active.session_id, other.session_id, ended.session_id}
+    assert found[other.session_id] == await get(store, other.session_id)
+
+    taken = await store.take_over_many([*ids, active.session_id], "sm-b")
+    assert set(taken) == {active.session_id, other.session_id}  # not the ended one
+    for session_id in taken:
+        assert (taken[session_id].owner_epoch, taken[session_id].owner_id) == (2, "sm-b")
+        assert (await get(store, session_id)).owner_epoch == 2  # raised once, not twice
+    assert (await get(store, ended.session_id)).owner_epoch == ended_epoch
+    assert await store.get_many([]) == {}
+
+
 async def test_usage_is_written_under_the_current_epoch_only(store: SessionStore) -> None:
     mine, moved = await inserted(store), await inserted(store)
     assert await store.take_over(moved.session_id, "sm-b")  # epoch 2: epoch 1 is stale

@@ -326,6 +326,11 @@ class InMemorySessionStore:
         await self._enter("get")
         return self._copy(session_id)
 
+    async def get_many(self, session_ids: Sequence[str]) -> dict[str, Session]:
+        await self._enter("get_many")
+        copies = {session_id: self._copy(session_id) for session_id in session_ids}
+        return {session_id: copy for session_id, copy in copies.items() if copy is not None}
+
     def _copy(self, session_id: str) -> Session | None:
         row = self._sessions.get(session_id)
         return replace(row) if row is not None else None
@@ -339,14 +344,20 @@ class InMemorySessionStore:
         await _round_trip()
 
     async def take_over(self, session_id: str, owner: str) -> Session | None:
-        await self._enter("take_over")
-        row = self._sessions.get(session_id)
-        if row is None or row.status is not SessionStatus.ACTIVE:
-            return None
-        row.owner_epoch += 1
-        row.owner_id = owner
+        return (await self.take_over_many([session_id], owner)).get(session_id)
+
+    async def take_over_many(self, session_ids: Sequence[str], owner: str) -> dict[str, Session]:
+        await self._enter("take_over_many")
+        taken = {}
+        for session_id in dict.fromkeys(session_ids):
+            row = self._sessions.get(session_id)
+            if row is None or row.status is not SessionStatus.ACTIVE:
+                continue
+            row.owner_epoch += 1
+            row.owner_id = owner
+            taken[session_id] = replace(row)
         await _round_trip()
-        return replace(row)
+        return taken
 
     async def save_usage(self, writes: Sequence[UsageWrite]) -> set[str]:
         await self._enter("save_usage")

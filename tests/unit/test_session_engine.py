@@ -439,6 +439,25 @@ async def test_seconds_left_at_a_price_per_unit_size(
     assert round(1129 / 60, 1) == 18.8
 
 
+async def test_streams_opening_together_take_their_sessions_over_in_a_batch(
+    sm: Instance, world: World
+) -> None:
+    accounts = [f"acc_batch_{n}" for n in range(12)]
+    for account in accounts:
+        world.funds.open_account(account, FUNDED)
+    sessions = [await start(sm, account) for account in accounts]
+    before = world.store.calls["get_many"], world.store.calls["get"]
+    answers = await bounded(
+        asyncio.gather(*(meter(sm, stream(s.account_id), s.session_id, 1, 1) for s in sessions))
+    )
+    assert [answer.session.used_units for answer in answers] == [1] * 12
+    assert world.store.calls["take_over_many"] <= 2  # the first alone, then the rest
+    assert world.store.calls["get_many"] - before[0] <= 2
+    assert world.store.calls["get"] == before[1]
+    for session in sessions:
+        assert (await stored(world, session.session_id)).owner_epoch == 2
+
+
 async def test_concurrent_streams_of_one_instance_take_the_session_over_once(
     sm: Instance, world: World
 ) -> None:
@@ -450,7 +469,7 @@ async def test_concurrent_streams_of_one_instance_take_the_session_over_once(
             *(meter(sm, on, session.session_id, n, n) for n, on in enumerate(streams, 1))
         )
     )
-    assert world.store.calls["take_over"] == 1
+    assert world.store.calls["take_over_many"] == 1
     assert len({id(answer.session) for answer in answers}) == 1
     assert answers[0].session.used_units == 4
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 from meterline.kernel import metrics
+from meterline.kernel.batching import Batched
 from meterline.kernel.errors import NotFound, Unavailable
 from meterline.kernel.media import Unit
 from meterline.kernel.principals import Principal
@@ -119,6 +120,10 @@ class Metering:
         self._notices = notices
         self.low_balance_micros = low_balance_micros
         self._attaching: dict[str, asyncio.Future[LiveSession | None]] = {}
+        # Streams opening together (a failover brings thousands at once) read and take
+        # over their sessions in a few statements, not two each.
+        self._found: Batched[str, Session] = Batched(store.get_many)
+        self._taken: Batched[str, Session] = Batched(self._take_over_many)
         self.cut_off: Callable[[LiveSession], Awaitable[None]] | None = None
         """Set by the wiring: ends a session whose grant is used up (settlement)."""
 
@@ -352,8 +357,11 @@ class Metering:
                 live.pushers.add(stream)
         return live
 
+    async def _take_over_many(self, session_ids: list[str]) -> dict[str, Session]:
+        return await self._store.take_over_many(session_ids, self.owner_id)
+
     async def _take_over(self, principal: Principal, session_id: str) -> LiveSession | None:
-        found = await self._store.get(session_id)
+        found = await self._found(session_id)
         if found is None:
             raise NotFound(f"There is no session {session_id!r}.", reason="SESSION_NOT_FOUND")
         principal.require_session(found.account_id, found.gateway_id)
@@ -362,7 +370,7 @@ class Metering:
         old = self._live.remove(session_id)
         if old is not None:
             old.lost = True
-        session = await self._store.take_over(session_id, self.owner_id)
+        session = await self._taken(session_id)
         if session is None:
             return None
         account = self._live.account(session.account_id) or await self._funds.account(

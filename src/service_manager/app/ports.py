@@ -79,12 +79,18 @@ class SessionStore(Protocol):
 
     async def get(self, session_id: str) -> Session | None: ...
 
+    async def get_many(self, session_ids: Sequence[str]) -> dict[str, Session]:
+        """The sessions of those ids that exist, in one statement."""
+
     async def delete_unstarted(self, session_id: str) -> None:
         """Remove a session whose first hold was refused (it has no recorded hold)."""
 
     async def take_over(self, session_id: str, owner: str) -> Session | None:
         """Make `owner` the owner of an ACTIVE session with a new epoch; None if the
         session is not active (or does not exist)."""
+
+    async def take_over_many(self, session_ids: Sequence[str], owner: str) -> dict[str, Session]:
+        """take_over for many sessions in one statement: the ones taken over, by id."""
 
     async def save_usage(self, writes: Sequence[UsageWrite]) -> set[str]:
         """Store many sessions' counters in one statement (never lowering any); returns

@@ -204,6 +204,18 @@ class PostgresSessionStore:
         )
         return _session(row) if row else None
 
+    async def get_many(self, session_ids: Sequence[str]) -> dict[str, Session]:
+        return await self._sessions_of(
+            f"SELECT {_SESSION_COLUMNS} FROM sessions WHERE session_id = ANY(%b::text[])",
+            (list(session_ids),),
+        )
+
+    async def _sessions_of(self, sql: str, params: Sequence[Any]) -> dict[str, Session]:
+        async def work(conn: Connection) -> list[dict[str, Any]]:
+            return await (await conn.execute(sql, params)).fetchall()
+
+        return {row["session_id"]: _session(row) for row in await self._run(work)}
+
     async def delete_unstarted(self, session_id: str) -> None:
         await self._one(
             "DELETE FROM sessions WHERE session_id = %s AND hold_count = 0 RETURNING session_id",
@@ -213,12 +225,15 @@ class PostgresSessionStore:
     # -- owning and metering ---------------------------------------------------------------
 
     async def take_over(self, session_id: str, owner: str) -> Session | None:
-        row = await self._one(
+        return (await self.take_over_many([session_id], owner)).get(session_id)
+
+    async def take_over_many(self, session_ids: Sequence[str], owner: str) -> dict[str, Session]:
+        return await self._sessions_of(
             "UPDATE sessions SET owner_epoch = owner_epoch + 1, owner_id = %s "
-            f"WHERE session_id = %s AND status = 'ACTIVE' RETURNING {_SESSION_COLUMNS}",
-            (owner, session_id),
+            "WHERE session_id = ANY(%b::text[]) AND status = 'ACTIVE' "
+            f"RETURNING {_SESSION_COLUMNS}",
+            (owner, list(session_ids)),
         )
-        return _session(row) if row else None
 
     async def save_usage(self, writes: Sequence[UsageWrite]) -> set[str]:
         if not writes:

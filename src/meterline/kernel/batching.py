@@ -46,12 +46,14 @@ class Batched(Generic[K, V]):
                 keys = list(dict.fromkeys(key for key, _ in batch))
                 try:
                     found = await self._many(keys)
-                except BaseException as error:
+                except asyncio.CancelledError:
+                    for _, future in batch:
+                        future.cancel()
+                    raise
+                except Exception as error:
                     for _, future in batch:
                         if not future.done():
                             future.set_exception(error)
-                    if isinstance(error, asyncio.CancelledError):
-                        raise
                     continue
                 for key, future in batch:
                     if not future.done():

@@ -148,3 +148,44 @@ async def test_every_session_of_a_tick_reaches_its_channel(
         assert stored is not None and int(stored) == one.used_units
     listed = await presence.active()
     assert {user.session_id for user in listed} >= {one.session_id for one in sessions}
+
+
+async def test_an_accounts_sessions_are_read_from_its_own_set(
+    stores: StoreUrls, redis: Redis
+) -> None:
+    """Listing one account's sessions reads that account's entries only (a device's display
+    must not cost what the whole installation runs): here another account's entry is
+    broken, and the listing does not notice. An ended session leaves the account's set,
+    and one whose entry went missing is dropped from it at the next read."""
+    prefix = f"{stores.redis_prefix}:by-account"
+    presence = RedisPresence(redis, prefix)
+    mine = [replace(session(number), account_id="acc_presence_mine") for number in (1, 2, 3)]
+    others = [replace(session(number), account_id="acc_presence_other") for number in range(4, 30)]
+    for one in (*mine, *others):
+        presence.started(one)
+    await presence.flush()
+    assert len(await presence.active()) == len(mine) + len(others)
+
+    await redis.delete(presence.keys.session(others[0].session_id))
+    await redis.set(presence.keys.session(others[0].session_id), "not a hash")
+    listed = await presence.active("acc_presence_mine")
+    assert [user.session_id for user in listed] == [one.session_id for one in mine]
+
+    presence.ended(mine[0].session_id, event(mine[0], ended=True))
+    await presence.flush()
+    await redis.delete(presence.keys.session(mine[1].session_id))  # a removal that was lost
+    listed = await presence.active("acc_presence_mine")
+    assert [user.session_id for user in listed] == [mine[2].session_id]
+    index = presence.keys.account_active("acc_presence_mine")
+    assert [item.decode() for item in await redis.zrange(index, 0, -1)] == [mine[2].session_id]
+
+
+async def test_a_rebuild_writes_the_accounts_sets_too(stores: StoreUrls, redis: Redis) -> None:
+    prefix = f"{stores.redis_prefix}:rebuild-accounts"
+    presence = RedisPresence(redis, prefix)
+    sessions = [replace(session(number), account_id="acc_presence_rebuilt") for number in (1, 2)]
+    assert await presence.needs_rebuild()
+    assert await presence.rebuild_if_lost(sessions)
+    assert not await presence.needs_rebuild()
+    listed = await presence.active("acc_presence_rebuilt")
+    assert {user.session_id for user in listed} == {one.session_id for one in sessions}

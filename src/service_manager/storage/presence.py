@@ -10,6 +10,7 @@ the collection (restart, flush) is written again from the database's active sess
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
@@ -85,11 +86,17 @@ class Keys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
         self.active = f"{prefix}:presence:active"
-        self.built = f"{prefix}:presence:built"
+        # v2: with the per-account sets; a collection built before them is rebuilt.
+        self.built = f"{prefix}:presence:built:v2"
         self.rebuilding = f"{prefix}:presence:rebuilding"
 
     def session(self, session_id: str) -> str:
         return f"{self.prefix}:presence:session:{session_id}"
+
+    def account_active(self, account_id: str) -> str:
+        """The active sessions of one account, so that reading them costs what the
+        account has, not what the installation has."""
+        return f"{self.prefix}:presence:account:{account_id}"
 
     def account_channel(self, account_id: str) -> str:
         return f"{self.prefix}:events:account:{account_id}"
@@ -135,7 +142,7 @@ class RedisPresence:
         self._usage.pop(session_id, None)
         self._noted.pop(session_id, None)
         self._shown.pop(session_id, None)
-        self._queue(("remove", session_id))
+        self._queue(("remove", (session_id, event.account_id)))
         self._queue(
             ("publish", (self.keys.account_channel(event.account_id), usage_event_to_json(event)))
         )
@@ -191,9 +198,13 @@ class RedisPresence:
                         session_id, score, mapping = value
                         pipe.hset(self.keys.session(session_id), mapping=mapping)
                         pipe.zadd(self.keys.active, {session_id: score})
+                        account = self.keys.account_active(str(mapping["account_id"]))
+                        pipe.zadd(account, {session_id: score})
                     elif kind == "remove":
-                        pipe.delete(self.keys.session(value))
-                        pipe.zrem(self.keys.active, value)
+                        session_id, account_id = value
+                        pipe.delete(self.keys.session(session_id))
+                        pipe.zrem(self.keys.active, session_id)
+                        pipe.zrem(self.keys.account_active(account_id), session_id)
                     else:
                         pipe.publish(*value)
                 if usage:
@@ -209,7 +220,7 @@ class RedisPresence:
         ended = [value for kind, value in changes if kind == "remove"]
         if ended:
             async with self._redis.pipeline(transaction=False) as pipe:
-                for session_id in ended:
+                for session_id, _ in ended:
                     pipe.delete(self.keys.session(session_id))
                 await pipe.execute()
 
@@ -248,9 +259,8 @@ class RedisPresence:
         try:
             if self._changes:
                 await self.flush()  # what this instance changed is seen at once
-            session_ids = [
-                _text(item) for item in await self._redis.zrange(self.keys.active, 0, -1)
-            ]
+            index = self.keys.account_active(account_id) if account_id else self.keys.active
+            session_ids = [_text(item) for item in await self._redis.zrange(index, 0, -1)]
             if not session_ids:
                 return []
             async with self._redis.pipeline(transaction=False) as pipe:
@@ -260,11 +270,14 @@ class RedisPresence:
         except RedisError as error:
             raise Unavailable("Presence (Redis) cannot be reached; try again shortly.") from error
         users = []
+        stale = []
         for session_id, raw in zip(session_ids, details, strict=True):
             if not raw or (b"account_id" not in raw and "account_id" not in raw):
+                stale.append(session_id)
                 continue
             fields = {_text(key): _text(value) for key, value in raw.items()}
             if account_id and fields["account_id"] != account_id:
+                stale.append(session_id)
                 continue
             users.append(
                 ActiveUser(
@@ -278,6 +291,11 @@ class RedisPresence:
                     rate=session_rate_from_json(json.loads(fields["rate"])),
                 )
             )
+        if account_id and stale:
+            # Left by a removal that did not reach Redis, or by a rebuild that could not
+            # tell the session's account: the session has no entry here any more.
+            with contextlib.suppress(RedisError):
+                await self._redis.zrem(index, *stale)
         return users
 
     async def needs_rebuild(self) -> bool:
@@ -299,10 +317,10 @@ class RedisPresence:
                 active = {session.session_id for session in sessions}
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for session in sessions:
+                        score = {session.session_id: session.started_at.timestamp()}
                         pipe.hset(self.keys.session(session.session_id), mapping=_entry(session))
-                        pipe.zadd(
-                            self.keys.active, {session.session_id: session.started_at.timestamp()}
-                        )
+                        pipe.zadd(self.keys.active, score)
+                        pipe.zadd(self.keys.account_active(session.account_id), score)
                     for gone in present - active:
                         pipe.delete(self.keys.session(gone))
                         pipe.zrem(self.keys.active, gone)

@@ -1,7 +1,8 @@
 """`meterline up` owns its data folder, as real processes on the embedded default: a second
 `up` is refused and leaves the first alone; `status` and `down` find the running stack;
 `kill -9` of `up` leaves no process behind (checked by pid); the next `up` recovers the
-folder with a sentence, on ports whose last connections linger in TIME-WAIT."""
+folder with a sentence, on ports whose last connections linger in TIME-WAIT; a part
+killed under a serving `up` stops the whole stack with a sentence naming it."""
 
 from __future__ import annotations
 
@@ -140,4 +141,29 @@ def test_kill_9_of_up_leaves_nothing_and_the_next_up_recovers(tmp_path: Path) ->
     assert f"a stack (pid {first.pid}) ended here without stopping; recovered its data folder" in (
         said
     )
+    _wait_gone(list(processes.values()))
+
+
+@pytest.mark.parametrize("part", ["postgres", "service"])
+def test_a_part_killed_under_up_stops_the_stack_and_says_which(tmp_path: Path, part: str) -> None:
+    data_dir = tmp_path / "data"
+    env = _embedded_env(data_dir)
+    up = _up(env, tmp_path)
+    try:
+        processes = _serving(up, data_dir)
+        assert up.stdout is not None
+        said = ""
+        while "serving; Ctrl-C" not in said:  # the default tariffs are loaded by then
+            line = up.stdout.readline()
+            assert line, said
+            said += line
+        os.kill(processes[part], signal.SIGKILL)
+        code = up.wait(timeout=60)
+        said += up.stdout.read()
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert code == 1, said
+    assert f"{part}" in said and "stopped while the stack was serving" in said, said
+    assert "start it again with `meterline up`" in said
     _wait_gone(list(processes.values()))

@@ -525,7 +525,7 @@ def up(
                 _emit(True, _stack_json(settings.data_dir, running), "")
             serving = True
             say("serving; Ctrl-C or `meterline down` stops it")
-            _wait_for_interrupt()
+            _serve(running)
     except StackError as error:
         _fail(str(error))
     except (_Stopped, KeyboardInterrupt):
@@ -562,10 +562,17 @@ def _stack_json(data_dir: Path, running: RunningStack) -> dict[str, Any]:
     }
 
 
-def _wait_for_interrupt() -> None:
+def _serve(running: RunningStack) -> None:
+    """Until Ctrl-C or `down`; a part that stops (a crash, an OOM kill, its embedded
+    PostgreSQL killed) stops the whole stack with a non-zero exit, so that nothing serves
+    half a stack and whatever supervises `up` can start it again."""
+    from meterline.cli.stack import StackError, stopped_message, stopped_parts
+
     stop = threading.Event()
     while not stop.wait(1):
-        pass
+        stopped = stopped_parts(running)
+        if stopped:
+            raise StackError(stopped_message(running, stopped))
 
 
 async def _load_default_tariffs(client: OperatorClient) -> int:

@@ -622,6 +622,33 @@ class LocalStack:
         self.close()
 
 
+def stopped_parts(running: RunningStack) -> list[str]:
+    """The parts of a serving stack whose process is no longer running (it exited, or was
+    killed), by name: postgres, redis, rating, billing, service, web."""
+    stopped = []
+    for name, pid in running.processes.items():
+        try:
+            if psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+                continue
+        except psutil.NoSuchProcess:
+            pass
+        stopped.append(name)
+    return stopped
+
+
+def stopped_message(running: RunningStack, stopped: list[str]) -> str:
+    """What `up` says when a part stopped under it: which, its log's last line where it
+    has one, and what to do."""
+    details = []
+    for name in stopped:
+        log = running.log_dir / f"{name}.log"
+        details.append(f"{name} ({_last_log_line(log)})" if log.exists() else name)
+    return (
+        f"{', '.join(details)} stopped while the stack was serving, so the whole stack is "
+        f"stopped; see the logs in {running.log_dir} and start it again with `meterline up`."
+    )
+
+
 def _first_line(text: str) -> str:
     """The first line of an error whose next lines are a log's tail."""
     return text.strip().splitlines()[0].rstrip(":") if text.strip() else text

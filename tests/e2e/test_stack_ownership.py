@@ -167,3 +167,28 @@ def test_a_part_killed_under_up_stops_the_stack_and_says_which(tmp_path: Path, p
     assert f"{part}" in said and "stopped while the stack was serving" in said, said
     assert "start it again with `meterline up`" in said
     _wait_gone(list(processes.values()))
+
+
+def test_postgres_killed_as_the_stack_comes_up_is_a_sentence(tmp_path: Path) -> None:
+    """Killed as soon as the stack is up, PostgreSQL goes while `up` loads the default
+    tariffs or just after: either way one sentence and exit code 1, never a traceback."""
+    data_dir = tmp_path / "data"
+    env = _embedded_env(data_dir)
+    up = _up(env, tmp_path)
+    try:
+        processes = _serving(up, data_dir)
+        os.kill(processes["postgres"], signal.SIGKILL)
+        code = up.wait(timeout=60)
+        assert up.stdout is not None
+        said = up.stdout.read()
+    finally:
+        if up.poll() is None:
+            up.kill()
+    assert code == 1, said
+    assert "unexpected failure" not in said and "Traceback" not in said, said
+    assert (
+        "postgres stopped while the stack was serving" in said
+        or "loading the default tariffs failed (" in said
+    ), said
+    assert "start it again with `meterline up`" in said
+    _wait_gone(list(processes.values()))

@@ -495,13 +495,15 @@ def up(
         with LocalStack(settings, _UpProgress(console)) as running:
             _say_stack(say, running)
             operator = OperatorClient(running.endpoints, running.secret, running.client_tls)
-            loaded = asyncio.run(_load_default_tariffs(operator))
+            with _stack_call("loading the default tariffs", running.log_dir):
+                loaded = asyncio.run(_load_default_tariffs(operator))
             if loaded:
                 say(f"loaded {loaded} default tariffs")
             if demo:
-                result = asyncio.run(
-                    run_demo(running.endpoints, running.secret, say, running.client_tls)
-                )
+                with _stack_call("the demo session", running.log_dir):
+                    result = asyncio.run(
+                        run_demo(running.endpoints, running.secret, say, running.client_tls)
+                    )
                 record = result.record
                 _emit(
                     as_json,
@@ -560,6 +562,22 @@ def _stack_json(data_dir: Path, running: RunningStack) -> dict[str, Any]:
         "web_url": running.web_url,
         "ca_file": str(running.client_tls.ca_file) if running.client_tls.ca_file else None,
     }
+
+
+@contextmanager
+def _stack_call(what: str, log_dir: Path) -> Iterator[None]:
+    """A call `up` makes to its own stack: a refusal is a StackError naming what failed,
+    so the stack stops and the user reads a sentence, not a traceback."""
+    from meterline.cli.stack import StackError
+
+    try:
+        yield
+    except grpc.aio.AioRpcError as error:
+        details = error.details() or error.code().name
+        raise StackError(
+            f"{what} failed ({details}), so the stack is stopped; see the logs in {log_dir} "
+            "and start it again with `meterline up`"
+        ) from error
 
 
 def _serve(running: RunningStack) -> None:

@@ -189,3 +189,17 @@ async def test_a_rebuild_writes_the_accounts_sets_too(stores: StoreUrls, redis: 
     assert not await presence.needs_rebuild()
     listed = await presence.active("acc_presence_rebuilt")
     assert {user.session_id for user in listed} == {one.session_id for one in sessions}
+
+
+async def test_a_rebuild_takes_ended_sessions_out_of_their_accounts_sets(
+    stores: StoreUrls, redis: Redis
+) -> None:
+    prefix = f"{stores.redis_prefix}:rebuild-gone"
+    presence = RedisPresence(redis, prefix)
+    kept, gone = (replace(session(number), account_id="acc_presence_gone") for number in (1, 2))
+    presence.started(kept)
+    presence.started(gone)
+    await presence.flush()
+    assert await presence.rebuild_if_lost([kept])  # gone ended while nobody wrote it
+    index = presence.keys.account_active("acc_presence_gone")
+    assert [item.decode() for item in await redis.zrange(index, 0, -1)] == [kept.session_id]

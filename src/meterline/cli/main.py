@@ -478,8 +478,9 @@ def up(
 ) -> None:
     """Start the whole stack: PostgreSQL and Redis (the configured ones, or embedded ones
     from the wheels when no URL is set) and the three services. With --demo, run a demo
-    session and stop; without, serve until Ctrl-C or `meterline down`. One stack per data
-    folder: its processes stop with it, even when it is killed."""
+    session and stop; without, serve until Ctrl-C or `meterline down` (or until one of its
+    parts stops: then it stops the rest and exits 1). One stack per data folder: its
+    processes stop with it, even when it is killed."""
     from meterline.cli.demo import run_demo
     from meterline.cli.stack import LocalStack, StackError
 

@@ -632,6 +632,8 @@ def stopped_parts(running: RunningStack) -> list[str]:
                 continue
         except psutil.NoSuchProcess:
             pass
+        except psutil.AccessDenied:
+            continue  # it exists (the embedded PostgreSQL runs as another user)
         stopped.append(name)
     return stopped
 

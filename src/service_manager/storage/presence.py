@@ -292,8 +292,8 @@ class RedisPresence:
                 )
             )
         if account_id and stale:
-            # Left by a removal that did not reach Redis, or by a rebuild that could not
-            # tell the session's account: the session has no entry here any more.
+            # Left by a removal that did not reach Redis (one dropped from a full queue),
+            # or by a rebuild that found the entry without its account.
             with contextlib.suppress(RedisError):
                 await self._redis.zrem(index, *stale)
         return users
@@ -315,15 +315,19 @@ class RedisPresence:
                     _text(item) for item in await self._redis.zrange(self.keys.active, 0, -1)
                 }
                 active = {session.session_id for session in sessions}
+                gone = sorted(present - active)
+                accounts_of_gone = await self._accounts_of(gone)
                 async with self._redis.pipeline(transaction=False) as pipe:
                     for session in sessions:
                         score = {session.session_id: session.started_at.timestamp()}
                         pipe.hset(self.keys.session(session.session_id), mapping=_entry(session))
                         pipe.zadd(self.keys.active, score)
                         pipe.zadd(self.keys.account_active(session.account_id), score)
-                    for gone in present - active:
-                        pipe.delete(self.keys.session(gone))
-                        pipe.zrem(self.keys.active, gone)
+                    for session_id, account_id in zip(gone, accounts_of_gone, strict=True):
+                        pipe.delete(self.keys.session(session_id))
+                        pipe.zrem(self.keys.active, session_id)
+                        if account_id:
+                            pipe.zrem(self.keys.account_active(account_id), session_id)
                     pipe.set(self.keys.built, datetime.now(UTC).isoformat())
                     await pipe.execute()
             finally:
@@ -332,3 +336,13 @@ class RedisPresence:
             log.warning("presence not rebuilt yet: %s", error)
             return False
         return True
+
+    async def _accounts_of(self, session_ids: Sequence[str]) -> list[str]:
+        """The account of each session's entry ('' where the entry has none)."""
+        if not session_ids:
+            return []
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for session_id in session_ids:
+                pipe.hget(self.keys.session(session_id), "account_id")
+            found = await pipe.execute()
+        return [_text(account) if account else "" for account in found]
